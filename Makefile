@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-all lint format bundle clean
+.PHONY: demo test test-all lint format bundle push clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,16 @@ lint: $(VENV)/.dev-installed
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Deploy: build dist/featherface-<release>.tar.gz, or push it over ssh:
+#   make push HOSTS="pi@cam1.lan pi@cam2.lan" [PUSH_ARGS="-i ~/.ssh/id_ed25519"]
+# (needs the dev venv: building the wheel offline needs setuptools>=68 in it)
+bundle: $(VENV)/.dev-installed
+	$(BIN)/python -m deploy build --out dist
+
+push: bundle
+	@test -n "$(HOSTS)" || { echo 'usage: make push HOSTS="user@host ..." [PUSH_ARGS="..."]'; exit 2; }
+	$(BIN)/python -m deploy push $(HOSTS) $(PUSH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -20,6 +22,86 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """FeatherFace trainer."""
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help=".pth checkpoint, .onnx file, or a WIDER prediction folder.")],
+    wider_val: Annotated[
+        Path, typer.Option("--wider-val", help="Folder with WIDER_val/images and ground_truth/*.mat.")
+    ],
+    arch: Annotated[str | None, typer.Option(help="Network of a bare state dict: v1 or nano-b.")] = None,
+    scale: Annotated[str, typer.Option(help="'original', or N: resize the longer side to N.")] = "original",
+    predictions: Annotated[Path | None, typer.Option(help="Write <event>/<name>.txt here.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first K images only.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the PR-curve PNGs.")] = None,
+) -> None:
+    """Official WIDER FACE easy/medium/hard AP, parameters and MACs of MODEL; PR curves as PNG."""
+    from trainer.eval.report import run_evaluation
+
+    report = run_evaluation(model, wider_val, arch, scale, predictions, limit, out)
+    for line in report.lines():
+        typer.echo(line)
+
+
+@app.command()
+def v1(
+    config: Annotated[Path, typer.Option(help="Training config (TOML).")] = Path("trainer/configs/v1.toml"),
+    data: Annotated[Path | None, typer.Option(help="RetinaFace label.txt (sets data.label_file).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (overrides run.out_dir).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
+) -> None:
+    """Train the V1 teacher with the MultiBox loss (DDP when launched by torchrun)."""
+    import logging
+
+    from trainer.engine.v1 import load_v1_config, train_v1
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = train_v1(load_v1_config(config, data, out), resume=resume)
+    if result.final_weights is not None:
+        typer.echo(f"trained {result.state.step} steps; weights: {result.final_weights}")
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help=".pth checkpoint (or a bare state dict with --arch).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx, openvino, torchscript or all.")] = "onnx",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("export"),
+    arch: Annotated[str | None, typer.Option(help="Network of a bare state dict: v1 or nano-b.")] = None,
+    name: Annotated[str | None, typer.Option(help="File stem and model name (default: the arch).")] = None,
+    version: Annotated[str, typer.Option(help="Model version recorded in the metadata.")] = "0.1.0",
+    size: Annotated[str, typer.Option(help="Nominal input WxH stored in the metadata.")] = "640x480",
+    static: Annotated[bool, typer.Option("--static", help="Fix the input size (default: dynamic).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write INT8 models (needs --calib).")] = False,
+    calib: Annotated[Path | None, typer.Option(help="Folder of calibration images for --int8.")] = None,
+) -> None:
+    """Write self-describing ONNX / OpenVINO IR / TorchScript files (and INT8) of MODEL."""
+    from trainer.eval.predict import load_torch_model
+    from trainer.export import export_model
+    from trainer.export.exporter import FORMATS, ExportError
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise ExportError(f"--size must look like 640x480, got {size!r}") from None
+    formats = FORMATS if fmt == "all" else tuple(f.strip() for f in fmt.split(","))
+    net, arch_name = load_torch_model(model, arch)
+    result = export_model(
+        net,
+        out,
+        name=name or arch_name.replace("_", "-"),
+        version=version,
+        formats=formats,
+        width=width,
+        height=height,
+        dynamic=not static,
+        int8=int8,
+        calib_images=calib or (),
+        provenance={"source_checkpoint": str(model), "arch": arch_name},
+    )
+    typer.echo(f"parameters in the exported file: {result.meta.parameters:,}")
+    for kind, path in result.files.items():
+        typer.echo(f"{kind}: {path} ({path.stat().st_size / 1e6:.3f} MB)")
 
 
 def main() -> None:

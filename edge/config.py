@@ -1,0 +1,361 @@
+"""The daemon's configuration: one TOML file + ``FEATHERFACE_<TABLE>__<KEY>`` environment overrides.
+
+Every table becomes a frozen dataclass, validated once at start: unknown tables and keys are
+refused, values are type-checked, and every error names the file, the table and the key. The
+``[source]``, ``[detector]`` and ``[tracker]`` tables build the perception side's own dataclasses
+(:mod:`edge.camera`, :mod:`edge.detector`, :mod:`edge.tracker`) with the same checks.
+
+Secrets: the MQTT password comes from ``mqtt.password``, ``mqtt.password_file``, or systemd's
+``$CREDENTIALS_DIRECTORY/mqtt_password`` (``LoadCredential=``); it is held in :class:`Secret`,
+which never shows its value in ``repr``/``str``/logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ConfigError, FeatherFaceError
+
+ENV_PREFIX = "FEATHERFACE_"
+DEFAULT_STATE_DIR = "/var/lib/featherface"
+
+
+class Secret:
+    """A string that never prints itself; ``reveal()`` is the only way to read it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = "") -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """``[device]``: who this device is and where it keeps state. ``id`` empty = the hostname."""
+
+    id: str = ""
+    camera: str = "cam0"
+    state_dir: str = DEFAULT_STATE_DIR
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", self.id or socket.gethostname().split(".")[0] or "edge")
+        for key in ("id", "camera"):
+            value = getattr(self, key)
+            if any(c in value for c in "/#+ ") or not value:
+                raise ConfigError(f"device.{key} must be a non-empty MQTT topic level (no '/', '#', '+', spaces)")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"device.log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """``[mqtt]``: the broker connection and what is published. Times in seconds, sizes in bytes."""
+
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 1883
+    prefix: str = "featherface"
+    client_id: str = ""
+    keepalive_s: int = 30
+    username: str = ""
+    password: Secret = field(default_factory=Secret, repr=False)
+    password_file: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    tls_insecure: bool = False
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    replay_settle_s: float = 1.0
+    max_inflight: int = 50
+    queue_size: int = 1000
+    stats_interval_s: float = 30.0
+    snapshot: bool = False
+    snapshot_max_bytes: int = 65536
+    max_message_bytes: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"mqtt.port must be 1..65535, got {self.port}")
+        if not self.prefix or any(c in self.prefix for c in "#+") or self.prefix.startswith("/"):
+            raise ConfigError(f"mqtt.prefix must be a topic without '#', '+' or a leading '/', got {self.prefix!r}")
+        for key in ("keepalive_s", "max_inflight", "queue_size", "snapshot_max_bytes", "max_message_bytes"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"mqtt.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("reconnect_min_s", "reconnect_max_s", "stats_interval_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"mqtt.{key} must be > 0, got {getattr(self, key)}")
+        if self.replay_settle_s < 0:
+            raise ConfigError(f"mqtt.replay_settle_s must be >= 0, got {self.replay_settle_s}")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ConfigError("mqtt.reconnect_max_s must be >= mqtt.reconnect_min_s")
+        if (self.cert_file or self.key_file) and not (self.cert_file and self.key_file):
+            raise ConfigError("mqtt.cert_file and mqtt.key_file must be given together")
+        for key in ("ca_file", "cert_file", "key_file", "password_file"):
+            value = getattr(self, key)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"mqtt.{key}: file {value} does not exist")
+        if self.password and self.password_file:
+            raise ConfigError("mqtt.password and mqtt.password_file are both set; keep one")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """``[spool]``: the on-disk queue used while the broker is unreachable (0 = no cap)."""
+
+    dir: str = ""  # empty = <device.state_dir>/spool
+    max_events: int = 10000
+    max_bytes: int = 20_000_000
+    max_age_s: float = 7 * 86400.0
+
+    def __post_init__(self) -> None:
+        for key in ("max_events", "max_bytes", "max_age_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"spool.{key} must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    """``[homeassistant]``: optional MQTT discovery."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """``[daemon]``: loop behaviour. ``max_frames`` 0 = run until stopped (tests/demo set it)."""
+
+    read_timeout_s: float = 2.0
+    max_frames: int = 0
+    drain_timeout_s: float = 5.0
+    snapshot_on: str = "start"  # "start" = a crop per new track, "none" = never
+
+    def __post_init__(self) -> None:
+        if self.read_timeout_s <= 0 or self.drain_timeout_s < 0 or self.max_frames < 0:
+            raise ConfigError("daemon.read_timeout_s must be > 0, drain_timeout_s and max_frames >= 0")
+        if self.snapshot_on not in ("start", "none"):
+            raise ConfigError(f"daemon.snapshot_on must be 'start' or 'none', got {self.snapshot_on!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole file. ``path`` is where it came from (for messages)."""
+
+    device: DeviceConfig
+    mqtt: MqttConfig
+    spool: SpoolConfig
+    homeassistant: HomeAssistantConfig
+    daemon: DaemonConfig
+    source: Any  # edge.camera.SourceConfig
+    detector: Any  # edge.detector.DetectorConfig
+    tracker: Any  # edge.tracker.TrackerConfig
+    path: str = "<defaults>"
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.spool.dir) if self.spool.dir else Path(self.device.state_dir) / "spool"
+
+    def redacted(self) -> dict[str, Any]:
+        """Every table as plain data, the password shown as ``***`` (for check-config / logs)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                table = {k.name: getattr(value, k.name) for k in dataclasses.fields(value)}
+                out[f.name] = {k: ("***" if isinstance(v, Secret) and v else "" if isinstance(v, Secret) else v)
+                               for k, v in table.items()}
+        return out
+
+
+def _perception_tables() -> dict[str, type]:
+    # Imported here so that `check-config` on a bad [mqtt] value does not need cv2/onnxruntime first.
+    from edge.camera import SourceConfig
+    from edge.detector import DetectorConfig
+    from edge.tracker import TrackerConfig
+
+    return {"source": SourceConfig, "detector": DetectorConfig, "tracker": TrackerConfig}
+
+
+TABLES: dict[str, type] = {
+    "device": DeviceConfig,
+    "mqtt": MqttConfig,
+    "spool": SpoolConfig,
+    "homeassistant": HomeAssistantConfig,
+    "daemon": DaemonConfig,
+}
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert one TOML (or env) value against a dataclass field's type; ``where`` names it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str or hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return hint(value)
+    if hint is Secret:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string")  # never echo a secret
+        return Secret(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ConfigError(f"{where}: expected a list of {len(args)} items, got {value!r}")
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value), strict=False)))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return value
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def build_table(cls: type, table: dict[str, Any], name: str, origin: str) -> Any:
+    """One dataclass from one TOML table: unknown keys refused, values type-checked, errors located."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{origin}: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{origin}: [{name}] unknown key '{key}' (known: {', '.join(known)})")
+        kwargs[key] = coerce(value, hints[key], f"{origin}: [{name}] {key}")
+    try:
+        return cls(**kwargs)
+    except FeatherFaceError as exc:
+        raise ConfigError(f"{origin}: [{name}] {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: [{name}] {exc}") from None
+
+
+def _env_value(raw: str) -> Any:
+    """An environment string as TOML would read it (``8883``, ``true``, ``[1, 2]``), else the string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env(doc: dict[str, Any], environ: dict[str, str], tables: dict[str, type]) -> dict[str, Any]:
+    """Overlay ``FEATHERFACE_<TABLE>__<KEY>=value`` onto the parsed file (table/key case-insensitive)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in doc.items()}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        table, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if table not in tables:
+            raise ConfigError(f"environment variable {name}: unknown table [{table}] (known: {', '.join(tables)})")
+        hints = typing.get_type_hints(tables[table])
+        value: Any = raw if hints.get(key) in (str, Secret, Path) else _env_value(raw)
+        out.setdefault(table, {})[key] = value
+    return out
+
+
+def _read_password(mqtt: MqttConfig, origin: str, environ: dict[str, str]) -> MqttConfig:
+    if mqtt.password:
+        return mqtt
+    candidates = [Path(mqtt.password_file)] if mqtt.password_file else []
+    if not candidates and environ.get("CREDENTIALS_DIRECTORY"):
+        cred = Path(environ["CREDENTIALS_DIRECTORY"]) / "mqtt_password"
+        candidates = [cred] if cred.is_file() else []
+    for path in candidates:
+        try:
+            secret = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{origin}: [mqtt] password_file {path}: {exc.strerror}") from None
+        return dataclasses.replace(mqtt, password=Secret(secret), password_file="")
+    return mqtt
+
+
+def parse_config(doc: dict[str, Any], origin: str = "<defaults>", environ: dict[str, str] | None = None) -> Config:
+    """Build and validate a :class:`Config` from a parsed TOML document plus environment overrides."""
+    environ = dict(os.environ) if environ is None else environ
+    tables = {**TABLES, **_perception_tables()}
+    for name in doc:
+        if name not in tables:
+            raise ConfigError(f"{origin}: unknown table [{name}] (known: {', '.join(tables)})")
+    doc = apply_env(doc, environ, tables)
+    built = {name: build_table(cls, doc.get(name, {}), name, origin) for name, cls in tables.items()}
+    built["mqtt"] = _read_password(built["mqtt"], origin, environ)
+    return Config(**built, path=origin)
+
+
+def load_config(path: str | Path | None, environ: dict[str, str] | None = None) -> Config:
+    """Read ``path`` (``None`` = defaults + environment) into a validated :class:`Config`."""
+    if path is None:
+        return parse_config({}, "<defaults>", environ)
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read ({exc.strerror})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    return parse_config(doc, str(p), environ)

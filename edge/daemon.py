@@ -1,0 +1,299 @@
+"""The daemon: ONE loop, camera -> detector -> tracker -> publisher, until a signal or the source ends.
+
+Order at start: load + warm up the detector (a bad model fails here, exit 2, before anything is
+published), open the spool, start the publisher (never waits for the broker), open the source
+(never waits for the camera), then READY. SIGTERM/SIGINT only set an event the loop checks, so a
+stop always happens between frames: the tracker is flushed (``end`` events for every live track),
+the publisher drains what it can, spools the rest and publishes ``stopped``; the exit code is 0.
+The watchdog is pinged only after a frame went all the way through, so a hung camera or runtime
+stops the pings and systemd restarts the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.config import Config
+from edge.events import EventBuilder, ModelInfo
+from edge.mqtt import MqttPublisher
+from edge.notify import Notifier
+from edge.records import Frame, FrameSource, TrackEvent
+from edge.spool import Spool
+
+log = logging.getLogger(__name__)
+
+THERMAL_ROOT = Path("/sys/class/thermal")
+
+
+def cpu_temperature_c(root: Path = THERMAL_ROOT) -> float | None:
+    """The CPU temperature in °C from the first readable thermal zone (a ``cpu``-like one first)."""
+    zones = sorted(root.glob("thermal_zone*"))
+    zones.sort(key=lambda z: "cpu" not in _read(z / "type").lower() and "soc" not in _read(z / "type").lower())
+    for zone in zones:
+        raw = _read(zone / "temp")
+        if raw.lstrip("-").isdigit():
+            return round(int(raw) / 1000.0, 1)
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def snapshot_jpeg(image: np.ndarray, box: tuple[float, float, float, float], max_bytes: int) -> bytes | None:
+    """A JPEG crop around a normalised ``box`` (+20 % margin) no larger than ``max_bytes``, or None."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = box
+    mx, my = (x2 - x1) * 0.2, (y2 - y1) * 0.2
+    l, t = max(0, int((x1 - mx) * w)), max(0, int((y1 - my) * h))
+    r, b = min(w, int((x2 + mx) * w) + 1), min(h, int((y2 + my) * h) + 1)
+    if r - l < 2 or b - t < 2:
+        return None
+    crop = image[t:b, l:r]
+    for _ in range(4):  # lower quality first, then halve the size
+        for quality in (85, 65, 45):
+            ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok and len(buf) <= max_bytes:
+                return buf.tobytes()
+        if min(crop.shape[:2]) < 16:
+            break
+        crop = cv2.resize(crop, (crop.shape[1] // 2, crop.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return None
+
+
+class Metrics:
+    """Loop statistics for the ``stats`` topic: fps over the last ~10 s, mean inference time."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.frames = 0
+        self.events = 0
+        self._stamps: deque[float] = deque(maxlen=300)
+        self._infer: deque[float] = deque(maxlen=100)
+
+    def frame(self, infer_ms: float) -> None:
+        self.frames += 1
+        self._stamps.append(time.monotonic())
+        self._infer.append(infer_ms)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        recent = [t for t in self._stamps if now - t <= 10.0]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        infer = sum(self._infer) / len(self._infer) if self._infer else 0.0
+        return {"fps": round(fps, 2), "inference_ms": round(infer, 2), "frames": self.frames,
+                "events": self.events, "uptime_s": round(now - self.started, 1)}
+
+
+class Daemon:
+    """The pipeline of one camera. ``detector``/``source`` may be injected (tests); else built from config."""
+
+    def __init__(self, config: Config, detector: Any = None, source: FrameSource | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        self.stop_reason = ""
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
+        self.source_status = "offline"
+        if detector is None:
+            from edge.detector import detector_from_config  # loads + warms up; ModelError -> exit 2
+
+            detector = detector_from_config(config.detector)
+        self.detector = detector
+        model = ModelInfo(detector.meta.name, detector.meta.version, detector.sha256, detector.runtime)
+        self.builder = EventBuilder(config.device.id, config.device.camera, model)
+        self.spool = Spool(config.spool_dir, config.spool.max_events, config.spool.max_bytes, config.spool.max_age_s)
+        self.publisher: MqttPublisher | None = None
+        if config.mqtt.enabled:
+            self.publisher = MqttPublisher(config.mqtt, config.device.id, config.device.camera, self.spool,
+                                           config.homeassistant)
+        self._injected_source = source
+        self.source: FrameSource | None = None
+        from edge.tracker import Tracker
+
+        self.tracker = Tracker.from_config(config.tracker)
+        self._faces = -1
+        self._last_frame = (0, 1, 1)  # frame_id, width, height of the latest processed frame
+
+    # ---- signals ------------------------------------------------------------------------------
+    def request_stop(self, reason: str = "requested") -> None:
+        """Ask the loop to stop after the current frame (thread- and signal-safe)."""
+        self.stop_reason = self.stop_reason or reason
+        self.stop_event.set()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.request_stop(signal.Signals(signum).name)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped; returns the exit code (0 on a clean stop or the end of a finite source)."""
+        restore: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                restore[sig] = signal.signal(sig, self._on_signal)
+        status = "stopped"
+        try:
+            self._start()
+            self._loop()
+            self._flush()
+            return 0
+        except BaseException:
+            status = "offline"
+            raise
+        finally:
+            self._shutdown(status)
+            for sig, handler in restore.items():
+                signal.signal(sig, handler)
+
+    def _start(self) -> None:
+        from edge.camera import open_source
+
+        if self.publisher is not None:
+            self.publisher.set_state(self.builder.state(0, self.source_status))
+            self.publisher.set_stats_provider(self._stats)
+            self.publisher.start()
+        if self._injected_source is not None:  # a bare source (tests, demo): same reconnect policy
+            from edge.camera import ReconnectingSource
+
+            sc = self.config.source
+            self.source = ReconnectingSource(self._injected_source, on_status=self._on_source_status,
+                                             reconnect_min_s=sc.reconnect_min_s, reconnect_max_s=sc.reconnect_max_s,
+                                             stall_timeout_s=sc.stall_timeout_s, reopen_on_end=False)
+            self.source.open()
+        else:
+            self.source = open_source(self.config.source, on_status=self._on_source_status)
+        desc = f"{self.detector.meta.name} {self.detector.meta.version} on {self.detector.runtime}"
+        log.info("running: device %s camera %s, model %s, run %s", self.config.device.id,
+                 self.config.device.camera, desc, self.builder.run_id)
+        self.notifier.ready(f"running {desc}")
+
+    def _on_source_status(self, state: str, reason: str) -> None:
+        self.source_status = state
+        log.info("camera %s: %s (%s)", self.config.device.camera, state, reason)
+        self.notifier.status(f"camera {state}: {reason}")
+        self._publish_state(force=True)
+
+    def _loop(self) -> None:
+        assert self.source is not None
+        max_frames = self.config.daemon.max_frames
+        while not self.stop_event.is_set():
+            frame = self.source.read(self.config.daemon.read_timeout_s)
+            if frame is None:
+                if self.source.ended:
+                    log.info("source ended")
+                    self.stop_reason = self.stop_reason or "source ended"
+                    return
+                continue  # no frame, no watchdog ping: a stalled camera must show
+            self.process(frame)
+            self.notifier.watchdog()
+            if max_frames and self.metrics.frames >= max_frames:
+                self.stop_reason = self.stop_reason or f"max_frames={max_frames}"
+                return
+        log.info("stopping: %s", self.stop_reason)
+
+    def process(self, frame: Frame) -> list[TrackEvent]:
+        """One frame through detector and tracker; events go to the publisher (never blocks)."""
+        t0 = time.perf_counter()
+        detections = self.detector.detect(frame.image)
+        self.metrics.frame((time.perf_counter() - t0) * 1e3)
+        events = self.tracker.update(detections, frame.ts)
+        self._last_frame = (frame.frame_id, frame.width, frame.height)
+        self._emit(events, frame.frame_id, frame.width, frame.height, ts=frame.ts, image=frame.image)
+        return events
+
+    def _emit(self, events: list[TrackEvent], frame_id: int, w: int, h: int, *, ts: float,
+              image: np.ndarray | None = None) -> None:
+        for ev in events:
+            doc = self.builder.event(ev, frame_id, ts, w, h)
+            self.metrics.events += 1
+            log.debug("event %s track %d seq %d", ev.kind, ev.track_id, doc["seq"])
+            if self.publisher is None:
+                continue
+            self.publisher.publish_event(doc)
+            if (ev.kind == "start" and image is not None and self.config.mqtt.snapshot
+                    and self.config.daemon.snapshot_on == "start"):
+                jpeg = snapshot_jpeg(image, ev.detection.box, self.config.mqtt.snapshot_max_bytes)
+                if jpeg is not None:
+                    self.publisher.publish_snapshot(jpeg)
+        self._publish_state()
+
+    def _publish_state(self, force: bool = False) -> None:
+        faces = self.tracker.active_tracks
+        if self.publisher is not None and (force or faces != self._faces):
+            self._faces = faces
+            self.publisher.set_state(self.builder.state(faces, self.source_status))
+
+    def _stats(self) -> dict[str, Any]:
+        depth = self.publisher.depth() if self.publisher else {"queue": 0, "inflight": 0, "spool": 0, "spool_dropped": 0}
+        dropped = int(getattr(self.source, "dropped_frames", 0) or 0)
+        return self.builder.stats({
+            **self.metrics.snapshot(),
+            "queue_depth": depth["queue"] + depth["inflight"],
+            "spool_depth": depth["spool"],
+            "spool_dropped": depth["spool_dropped"],
+            "dropped_frames": dropped,
+            "cpu_temp_c": cpu_temperature_c(),
+        })
+
+    def _flush(self) -> None:
+        now = time.time()
+        events = self.tracker.flush(now)
+        if events:
+            log.info("flushing %d live track(s)", len(events))
+        # End events describe the track's last detection, so they carry the last frame's identity.
+        self._emit(events, *self._last_frame, ts=now)
+
+    def _shutdown(self, status: str) -> None:
+        self.notifier.stopping(f"stopping: {self.stop_reason or status}")
+        if self.source is not None:
+            try:
+                self.source.close()
+            except Exception:
+                log.exception("closing the source failed")
+        if self.publisher is not None:
+            self.publisher.stop(self.config.daemon.drain_timeout_s, final_status=status)
+        self.notifier.close()
+        log.info("stopped (%s): %d frame(s), %d event(s)", self.stop_reason or status,
+                 self.metrics.frames, self.metrics.events)
+
+
+def run(config: Config, *, detector: Any = None, source: FrameSource | None = None,
+        on_ready: Callable[[Daemon], None] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT or the end of a finite source; returns the exit code.
+
+    Start-up problems (bad model, unwritable state directory) raise a FeatherFaceError, which the
+    CLI turns into one line and its exit code (2 for config and model errors).
+    """
+    daemon = Daemon(config, detector=detector, source=source)
+    if on_ready is not None:
+        on_ready(daemon)
+    return daemon.run()
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """journald-friendly logs on stderr: no timestamps under systemd (journald adds its own)."""
+    root = logging.getLogger()
+    if root.handlers:
+        root.setLevel(level.upper())
+        return
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt)
+    logging.getLogger("edge.mqtt.paho").setLevel(logging.WARNING)

@@ -1,0 +1,350 @@
+"""The MQTT publisher (paho-mqtt >= 2, ``CallbackAPIVersion.VERSION2``): never blocks the frame loop.
+
+Threads: the frame loop only puts messages on a bounded in-memory queue. One worker thread owns
+the delivery state (in-flight QoS 1 messages and the on-disk :class:`edge.spool.Spool`); paho's
+network thread only flips connection flags, so no lock is ever held across a paho call (paho
+calls ``on_publish`` under its own mutex, which would deadlock against ours).
+
+Delivery rule, which keeps events in order and loses none within the spool's caps:
+- connected, spool empty, in-flight window not full: publish directly (``replayed: false``);
+- connected, window full: a burst; events wait in the memory queue for PUBACKs (no disk writes),
+  unless that queue is 80 % full or the oldest PUBACK is overdue (a keepalive: not acknowledged);
+- otherwise (disconnected, spool not empty, overdue acks): append to the spool (``replayed: true``)
+  -- and first move every unacknowledged direct publish into the spool, so the spool always
+  holds the oldest undelivered events;
+- spool records are published oldest first once connected (after ``replay_settle_s``, which lets
+  clean-session consumers resubscribe after a broker restart) and removed on PUBACK.
+An acknowledgement is read from paho's ``MQTTMessageInfo.is_published()``; a message in flight
+when the connection drops counts as undelivered. Delivery is therefore at-least-once: consumers
+deduplicate on ``event_id``.
+
+Status: Last Will ``offline`` (retained); on every CONNACK that succeeds, the retained state,
+Home Assistant discovery, then ``online``; ``stopped`` on a clean exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from edge import ha
+from edge.config import HomeAssistantConfig, MqttConfig
+from edge.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    """A QoS 1 message paho has taken; ``spool_key`` is set once a copy is on disk."""
+
+    info: paho.MQTTMessageInfo
+    generation: int
+    record: dict[str, Any]
+    spool_key: int | None = None
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+class MqttPublisher:
+    """Publishes events/state/stats/snapshots for one device and camera; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        device_id: str,
+        camera: str,
+        spool: Spool,
+        homeassistant: HomeAssistantConfig | None = None,
+    ) -> None:
+        self.cfg, self.device_id, self.camera, self.spool = cfg, device_id, camera, spool
+        self.ha = homeassistant if homeassistant and homeassistant.enabled else None
+        base = f"{cfg.prefix}/{device_id}"
+        self.status_topic = f"{base}/status"
+        self.stats_topic = f"{base}/stats"
+        self.event_topic = f"{base}/{camera}/event"
+        self.state_topic = f"{base}/{camera}/state"
+        self.snapshot_topic = f"{base}/{camera}/snapshot"
+        self.ha_status_topic = f"{self.ha.discovery_prefix}/status" if self.ha else ""
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=cfg.queue_size)
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()  # mid -> pending; worker-only
+        self._connected = threading.Event()
+        self._generation = 0  # bumped on every successful CONNACK
+        self._connected_at = 0.0
+        self._state_lock = threading.Lock()
+        self._state: dict[str, Any] | None = None
+        self._state_dirty = False
+        self._resend_discovery = False
+        self._stats_provider: Callable[[], dict[str, Any]] | None = None
+        self._stop = threading.Event()
+        self._drain_deadline = 0.0
+        self._worker: threading.Thread | None = None
+        self.counters = {"published": 0, "spooled": 0, "replayed": 0, "dropped_queue": 0, "dropped_snapshots": 0}
+        self.client = self._make_client()
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _make_client(self) -> paho.Client:
+        cfg = self.cfg
+        client_id = cfg.client_id or f"featherface-{self.device_id}-{self.camera}"
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+        client.enable_logger(logging.getLogger("edge.mqtt.paho"))
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=max(1, round(cfg.reconnect_max_s)))
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password.reveal() or None)
+        if cfg.tls:
+            client.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None, keyfile=cfg.key_file or None)
+            client.tls_insecure_set(cfg.tls_insecure)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> MqttPublisher:
+        """Start connecting in the background and return at once (the broker may be down)."""
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
+        self._worker = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+        self._worker.start()
+        log.info("mqtt: connecting to %s:%d as %s (tls=%s)", self.cfg.host, self.cfg.port, self.device_id, self.cfg.tls)
+        return self
+
+    # ---- API for the frame loop (never blocks) ------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def publish_event(self, doc: dict[str, Any]) -> bool:
+        """Queue an event for QoS 1 delivery; False when the in-memory queue is full (counted)."""
+        return self._put("event", doc)
+
+    def publish_snapshot(self, jpeg: bytes) -> bool:
+        """Queue a JPEG crop (QoS 0, dropped while offline or above ``snapshot_max_bytes``)."""
+        if len(jpeg) > self.cfg.snapshot_max_bytes:
+            self.counters["dropped_snapshots"] += 1
+            return False
+        return self._put("snapshot", jpeg)
+
+    def set_state(self, doc: dict[str, Any]) -> None:
+        """Replace the retained state; published now if connected and again after every reconnect."""
+        with self._state_lock:
+            self._state, self._state_dirty = doc, True
+
+    def set_stats_provider(self, provider: Callable[[], dict[str, Any]]) -> None:
+        """``provider()`` returns a full stats payload; called by the worker every ``stats_interval_s``."""
+        self._stats_provider = provider
+
+    def depth(self) -> dict[str, int]:
+        """Messages waiting: in memory, in flight, on disk, and dropped by the spool's caps."""
+        return {
+            "queue": self._queue.qsize(),
+            "inflight": len(self._pending),
+            "spool": len(self.spool),
+            "spool_dropped": self.spool.dropped_total,
+        }
+
+    def _put(self, kind: str, item: Any) -> bool:
+        try:
+            self._queue.put_nowait((kind, item))
+            return True
+        except queue.Full:
+            self.counters["dropped_queue"] += 1
+            if self.counters["dropped_queue"] in (1, 10, 100) or self.counters["dropped_queue"] % 1000 == 0:
+                log.warning("mqtt: publish queue full, %d message(s) dropped", self.counters["dropped_queue"])
+            return False
+
+    # ---- paho callbacks (network thread: flags and small publishes only) ----------------------
+    def _on_connect(self, client: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.error("mqtt: broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            return
+        with self._state_lock:
+            state, self._state_dirty = self._state, False
+        if state is not None:
+            client.publish(self.state_topic, json.dumps(state), qos=1, retain=True)
+        self._publish_discovery(client)
+        if self.ha_status_topic:
+            client.subscribe(self.ha_status_topic, qos=1)
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+        self._generation += 1
+        self._connected_at = time.monotonic()
+        self._connected.set()
+        log.info("mqtt: connected to %s:%d; %d spooled message(s) to replay", self.cfg.host, self.cfg.port, len(self.spool))
+
+    def _on_disconnect(self, _c: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and not self._stop.is_set():
+            log.warning("mqtt: disconnected from %s:%d (%s); spooling until it is back", self.cfg.host, self.cfg.port, reason)
+
+    def _on_message(self, _c: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            if self.ha_status_topic and msg.topic == self.ha_status_topic:
+                if ha.parse_ha_status(msg.topic, msg.payload, self.cfg.max_message_bytes) == "online":
+                    self._resend_discovery = True
+            else:
+                log.warning("mqtt: ignored a message on unexpected topic %r", msg.topic[:120])
+        except Exception:  # a subscriber must never take the network thread down
+            log.exception("mqtt: ignored a message on %r that could not be handled", msg.topic[:120])
+
+    def _publish_discovery(self, client: paho.Client) -> None:
+        if self.ha:
+            for topic, payload in ha.discovery_messages(self.ha.discovery_prefix, self.cfg.prefix, self.device_id, self.camera):
+                client.publish(topic, payload, qos=1, retain=True)
+
+    # ---- worker -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_stats = time.monotonic() + self.cfg.stats_interval_s
+        while True:
+            self._sweep()
+            connected = self.connected
+            if connected:
+                self._publish_side_channels()
+                self._replay()
+                if self._stats_provider and time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + self.cfg.stats_interval_s
+                    self._publish_stats()
+            if connected and self._backpressure():
+                time.sleep(0.005)  # a burst: keep it in memory while PUBACKs come back, not on disk
+                continue
+            try:
+                kind, item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._stop.is_set() and self._drained():
+                    break
+                continue
+            if kind == "event":
+                self._handle_event(item)
+            elif kind == "snapshot":
+                if connected:
+                    self.client.publish(self.snapshot_topic, item, qos=0)
+                else:
+                    self.counters["dropped_snapshots"] += 1
+        self._spool_unacked()
+
+    def _stalled(self) -> bool:
+        """The oldest in-flight message has waited longer than a keepalive for its PUBACK."""
+        oldest = next(iter(self._pending.values()), None)
+        return oldest is not None and time.monotonic() - oldest.sent_at > self.cfg.keepalive_s
+
+    def _backpressure(self) -> bool:
+        if len(self._pending) < self.cfg.max_inflight or len(self.spool) or self._stalled():
+            return False
+        if self._stop.is_set() and time.monotonic() >= self._drain_deadline:
+            return False
+        return self._queue.qsize() < self.cfg.queue_size * 0.8
+
+    def _drained(self) -> bool:
+        if time.monotonic() >= self._drain_deadline:
+            return True
+        return not self._pending and (not self.connected or len(self.spool) == 0)
+
+    def _sweep(self) -> None:
+        """Retire acknowledged messages; messages of an older connection count as undelivered."""
+        for mid, p in list(self._pending.items()):
+            try:
+                acked = p.info.is_published()
+            except (RuntimeError, ValueError):
+                acked = False
+            if acked:
+                del self._pending[mid]
+                if p.spool_key is not None:
+                    self.spool.remove(p.spool_key)
+                    self.counters["replayed"] += 1
+                else:
+                    self.counters["published"] += 1
+            elif p.generation != self._generation or not self.connected:
+                del self._pending[mid]
+                if p.spool_key is None:
+                    self._to_spool(p.record)
+
+    def _spool_unacked(self) -> None:
+        # Also used on stop: what the broker has not acknowledged survives on disk for the next run.
+        self._sweep()
+        for mid, p in list(self._pending.items()):
+            if p.spool_key is None:
+                p.spool_key = self._to_spool(p.record)
+            del self._pending[mid]
+
+    def _to_spool(self, record: dict[str, Any]) -> int:
+        payload = dict(record["payload"], replayed=True)
+        self.counters["spooled"] += 1
+        return self.spool.append({"topic": record["topic"], "qos": 1, "retain": False, "payload": payload})
+
+    def _handle_event(self, doc: dict[str, Any]) -> None:
+        record = {"topic": self.event_topic, "payload": doc}
+        direct = (self.connected and len(self.spool) == 0 and len(self._pending) < self.cfg.max_inflight
+                  and not self._stalled())
+        if direct:
+            info = self.client.publish(self.event_topic, json.dumps(doc), qos=1)
+            if info.rc == paho.MQTT_ERR_SUCCESS:
+                self._pending[info.mid] = _Pending(info, self._generation, record)
+                return
+        # Keep the spool the oldest-first record of everything undelivered: unacknowledged direct
+        # publishes go in before this newer event.
+        for p in self._pending.values():
+            if p.spool_key is None:
+                p.spool_key = self._to_spool(p.record)
+        self._to_spool(record)
+
+    def _replay(self) -> None:
+        if time.monotonic() - self._connected_at < self.cfg.replay_settle_s or not len(self.spool):
+            return
+        room = self.cfg.max_inflight - len(self._pending)
+        if room <= 0:
+            return
+        in_flight = {p.spool_key for p in self._pending.values() if p.spool_key is not None}
+        for entry in self.spool.peek(room, skip=in_flight):
+            rec = entry.record
+            info = self.client.publish(rec["topic"], json.dumps(rec["payload"]), qos=int(rec.get("qos", 1)),
+                                       retain=bool(rec.get("retain", False)))
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                return
+            self._pending[info.mid] = _Pending(info, self._generation, rec, spool_key=entry.key)
+
+    def _publish_side_channels(self) -> None:
+        with self._state_lock:
+            state, dirty = self._state, self._state_dirty
+            self._state_dirty = False
+        if dirty and state is not None:
+            self.client.publish(self.state_topic, json.dumps(state), qos=1, retain=True)
+        if self._resend_discovery:
+            self._resend_discovery = False
+            log.info("mqtt: Home Assistant is online; re-sending discovery")
+            self._publish_discovery(self.client)
+
+    def _publish_stats(self) -> None:
+        try:
+            doc = self._stats_provider() if self._stats_provider else None
+        except Exception:
+            log.exception("mqtt: stats provider failed")
+            return
+        if doc is not None:
+            self.client.publish(self.stats_topic, json.dumps(doc), qos=0)
+
+    # ---- shutdown -----------------------------------------------------------------------------
+    def stop(self, drain_timeout_s: float = 5.0, final_status: str = "stopped") -> None:
+        """Deliver what is queued (up to ``drain_timeout_s``), spool the rest, publish ``final_status``
+        (``stopped`` on a clean exit, ``offline`` after a crash), disconnect."""
+        self._drain_deadline = time.monotonic() + drain_timeout_s
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(drain_timeout_s + 5.0)
+        if self.connected:
+            info = self.client.publish(self.status_topic, final_status, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2.0)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+        log.info("mqtt: stopped (%s; %d message(s) left in the spool)", self.counters, len(self.spool))

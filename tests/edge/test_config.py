@@ -1,0 +1,142 @@
+"""Config: TOML + FEATHERFACE_<TABLE>__<KEY> overrides, frozen dataclasses, errors naming file/table/key."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge.cli import app
+from edge.config import Secret, load_config, parse_config
+from edge.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "edge" / "config.example.toml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "edge.toml"
+    p.write_text(text)
+    return p
+
+
+def test_example_parses_and_documents_every_key() -> None:
+    cfg = load_config(EXAMPLE, environ={})
+    doc = tomllib.loads(EXAMPLE.read_text())
+    text = EXAMPLE.read_text()
+    for table in ("device", "source", "detector", "tracker", "mqtt", "spool", "homeassistant", "daemon"):
+        value = getattr(cfg, table)
+        names = {f.name for f in dataclasses.fields(value)}
+        assert names == set(doc[table]), f"[{table}] in the example differs from the dataclass"
+        for key in names:  # each key has a comment line somewhere above it in its table
+            assert re.search(rf"^# .*\n(?:.*\n)*?{key} = ", text, re.M), key
+    assert dataclasses.is_dataclass(cfg) and cfg.mqtt.port == 1883
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = load_config(None, environ={})
+    assert cfg.device.id and cfg.mqtt.enabled and cfg.spool_dir == Path("/var/lib/featherface/spool")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.mqtt.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[mqtt]\nport = 'abc'\n", "[mqtt] port: expected an integer, got 'abc'"),
+        ("[mqtt]\nport = 70000\n", "[mqtt] mqtt.port must be 1..65535"),
+        ("[mqtt]\nhots = 'x'\n", "[mqtt] unknown key 'hots'"),
+        ("[mqt]\nhost = 'x'\n", "unknown table [mqt]"),
+        ("[mqtt]\ntls = 'yes'\n", "[mqtt] tls: expected true or false"),
+        ("[detector]\nscore_threshold = 2.0\n", "[detector] detector.score_threshold must be in 0..1"),
+        ("[detector]\nthreads = 1.5\n", "[detector] threads: expected an integer"),
+        ("[detector]\nroi = [[0.1, 0.1]]\n", "detector.roi must be a list of at least 3"),
+        ("[source]\ntype = 'webcam'\n", "[source] source.type must be one of"),
+        ("[tracker]\nmin_hits = 0\n", "[tracker] tracker.min_hits must be >= 1"),
+        ("[spool]\nmax_events = -1\n", "spool.max_events must be >= 0"),
+        ("[device]\ncamera = 'front/door'\n", "device.camera must be a non-empty MQTT topic level"),
+        (
+            "[mqtt]\nca_file = '/nonexistent/ca.pem'\n",
+            "mqtt.ca_file: file /nonexistent/ca.pem does not exist",
+        ),
+        ("[mqtt]\nport = \n", "not valid TOML"),
+    ],
+)
+def test_malformed_values_name_file_table_and_key(tmp_path: Path, text: str, needle: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert needle in str(err.value)
+    assert str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/edge.toml")
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[mqtt]\nhost = 'file-host'\nport = 1884\n")
+    env = {
+        "FEATHERFACE_MQTT__HOST": "env-host",
+        "FEATHERFACE_MQTT__PORT": "8883",
+        "FEATHERFACE_MQTT__TLS": "true",
+        "FEATHERFACE_DETECTOR__ROI": "[[0, 0], [1, 0], [1, 1]]",
+        "FEATHERFACE_DEVICE__ID": "1234",  # a string field keeps digits as text
+        "UNRELATED": "x",
+    }
+    cfg = load_config(path, environ=env)
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.tls) == ("env-host", 8883, True)
+    assert cfg.detector.roi == ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0))
+    assert cfg.device.id == "1234"
+    with pytest.raises(ConfigError, match=r"\[mqtt\] port: expected an integer, got 'eighty'"):
+        load_config(path, environ={"FEATHERFACE_MQTT__PORT": "eighty"})
+    with pytest.raises(ConfigError, match="FEATHERFACE_NOPE__X: unknown table"):
+        load_config(path, environ={"FEATHERFACE_NOPE__X": "1"})
+    with pytest.raises(ConfigError, match="unknown key 'colour'"):
+        load_config(path, environ={"FEATHERFACE_SOURCE__COLOUR": "1"})
+
+
+def test_password_sources_and_redaction(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pw_file = tmp_path / "pw"
+    pw_file.write_text("s3cret-from-file\n")
+    cfg = load_config(_write(tmp_path, f"[mqtt]\nusername = 'u'\npassword_file = '{pw_file}'\n"), environ={})
+    assert cfg.mqtt.password.reveal() == "s3cret-from-file"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text("s3cret-from-systemd")
+    cfg2 = load_config(
+        _write(tmp_path, "[mqtt]\nusername = 'u'\n"), environ={"CREDENTIALS_DIRECTORY": str(creds)}
+    )
+    assert cfg2.mqtt.password.reveal() == "s3cret-from-systemd"
+    cfg3 = load_config(_write(tmp_path, "[mqtt]\npassword = 'inline-s3cret'\n"), environ={})
+    assert cfg3.mqtt.password.reveal() == "inline-s3cret"
+    for c in (cfg, cfg2, cfg3):
+        with caplog.at_level(logging.DEBUG):
+            logging.getLogger("test").info("config %r %s %s", c, c.mqtt, c.redacted())
+        assert "s3cret" not in repr(c) + str(c.mqtt) + str(c.redacted()) + caplog.text
+    assert repr(Secret("x")) == "Secret('***')"
+    with pytest.raises(ConfigError, match="both set"):
+        load_config(_write(tmp_path, f"[mqtt]\npassword = 'a'\npassword_file = '{pw_file}'\n"), environ={})
+
+
+def test_perception_tables_are_built(tmp_path: Path) -> None:
+    cfg = parse_config({"source": {"type": "synthetic", "frames": 5}, "tracker": {"min_hits": 1}}, environ={})
+    assert cfg.source.type == "synthetic" and cfg.source.frames == 5 and cfg.tracker.min_hits == 1
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    good = _write(tmp_path, "[mqtt]\npassword = 'hunter2'\n")
+    result = CliRunner().invoke(app, ["check-config", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output and '"password": "***"' in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt]\nport = 'x'\n")
+    result = CliRunner().invoke(app, ["check-config", str(bad)])
+    assert result.exit_code == 2
+    assert "[mqtt] port" in result.output and len(result.output.strip().splitlines()) == 1

@@ -1,0 +1,157 @@
+"""The daemon loop end to end: real model, synthetic camera, real broker, sd_notify, exit codes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edge.broker import EmbeddedBroker
+from edge.camera import SourceConfig, SyntheticSource
+from edge.cli import app
+from edge.config import Config, parse_config
+from edge.daemon import Daemon, cpu_temperature_c, snapshot_jpeg
+from edge.notify import Notifier
+from tests.edge.mqtt_helpers import Consumer, validate_message
+
+
+def daemon_config(tmp_path: Path, broker: EmbeddedBroker | None, model: Path, **tables: dict[str, Any]) -> Config:
+    doc: dict[str, Any] = {
+        "device": {"id": "dev", "camera": "cam", "state_dir": str(tmp_path / "state")},
+        "source": {"type": "synthetic", "width": 256, "height": 192, "frames": 40, "reconnect_min_s": 0.1},
+        "detector": {"model": str(model), "backend": "onnxruntime", "threads": 1, "score_threshold": 0.5},
+        "tracker": {"min_hits": 2, "max_age_s": 0.5, "update_interval_s": 0.2},
+        "mqtt": {"host": broker.host if broker else "127.0.0.1", "port": broker.port if broker else 1,
+                 "prefix": f"t{tmp_path.name[-12:]}", "replay_settle_s": 0.2, "stats_interval_s": 0.2,
+                 "reconnect_min_s": 1, "reconnect_max_s": 1, "snapshot": True},
+        "daemon": {"read_timeout_s": 0.2},
+    }
+    for name, table in tables.items():
+        doc.setdefault(name, {}).update(table)
+    return parse_config(doc, "test", environ={})
+
+
+def test_run_publishes_valid_messages_and_stops_cleanly(mqtt_broker: EmbeddedBroker, tiny_onnx: Path, tmp_path: Path) -> None:
+    cfg = daemon_config(tmp_path, mqtt_broker, tiny_onnx)
+    consumer = Consumer(mqtt_broker.host, mqtt_broker.port, (f"{cfg.mqtt.prefix}/#",))
+    sock_path = tmp_path / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    notify.settimeout(5)
+    try:
+        daemon = Daemon(cfg, notifier=Notifier({"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1"}))
+        assert daemon.run() == 0
+        assert consumer.wait_for(lambda c: c.on("/status") and c.on("/status")[-1].payload == b"stopped", 10)
+    finally:
+        consumer.close()
+    for m in consumer.messages:
+        validate_message(m.topic, m.payload)
+    events = [m.json() for m in consumer.on("/event")]
+    assert events and [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end"  # the square is tracked, flushed at the end
+    started = {e["faces"][0]["track_id"] for e in events if e["type"] == "start"}
+    assert started == {e["faces"][0]["track_id"] for e in events if e["type"] == "end"}
+    e0 = events[0]
+    assert (e0["device_id"], e0["camera"], e0["frame_w"], e0["frame_h"]) == ("dev", "cam", 256, 192)
+    assert e0["model"]["name"] == "tiny-test" and e0["model"]["runtime"] == "onnxruntime"
+    assert len(e0["model"]["sha256"]) == 64 and not e0["replayed"]
+    # The synthetic square is at the frame's vertical centre: the box must be there too.
+    x1, y1, x2, y2 = e0["faces"][0]["box"]
+    assert y1 < 0.5 < y2 and x1 < x2
+    assert consumer.on("/snapshot") and consumer.on("/snapshot")[0].payload[:2] == b"\xff\xd8"
+    states = [m.json() for m in consumer.on("/state")]
+    assert max(s["faces"] for s in states) >= 1 and states[-1]["faces"] == 0
+    assert [m.payload for m in consumer.on("/status")][0] == b"online"
+    datagrams = []
+    notify.settimeout(0.2)
+    while True:
+        try:
+            datagrams.append(notify.recv(4096).decode())
+        except TimeoutError:
+            break
+    notify.close()
+    assert datagrams[0].startswith("READY=1") and datagrams[-1].startswith("STOPPING=1")
+    assert any(d == "WATCHDOG=1" for d in datagrams)
+
+
+def test_signal_handler_stops_the_loop(tiny_onnx: Path, tmp_path: Path) -> None:
+    """A SIGTERM becomes an event on the loop: flush, exit 0 (MQTT off: the loop alone)."""
+    cfg = daemon_config(tmp_path, None, tiny_onnx, source={"frames": 0, "fps": 50}, mqtt={"enabled": False})
+    daemon = Daemon(cfg)
+    timer = threading.Timer(1.0, lambda: daemon._on_signal(15, None))
+    timer.start()
+    assert daemon.run() == 0
+    assert daemon.stop_reason == "SIGTERM" and daemon.metrics.frames > 5
+
+
+class FlakySynthetic(SyntheticSource):
+    """Unplugged after 10 frames on the first connection only; the reconnect must bring it back."""
+
+    opens = 0
+
+    def _connect(self) -> dict[str, Any]:
+        FlakySynthetic.opens += 1
+        state = super()._connect()
+        state["first"] = FlakySynthetic.opens == 1
+        return state
+
+    def _grab(self, state: dict[str, Any]) -> np.ndarray | None:
+        if state["first"] and state["n"] == 10:
+            raise OSError("camera unplugged")
+        return super()._grab(state)
+
+
+def test_failing_source_is_reopened(mqtt_broker: EmbeddedBroker, tiny_onnx: Path, tmp_path: Path) -> None:
+    cfg = daemon_config(tmp_path, mqtt_broker, tiny_onnx, source={"frames": 30})
+    consumer = Consumer(mqtt_broker.host, mqtt_broker.port, (f"{cfg.mqtt.prefix}/dev/cam/state",))
+    FlakySynthetic.opens = 0
+    try:
+        daemon = Daemon(cfg, source=FlakySynthetic(SourceConfig(type="synthetic", width=256, height=192, frames=30)))
+        assert daemon.run() == 0
+        assert FlakySynthetic.opens == 2
+        assert daemon.metrics.frames == 10 + 30  # every frame of the second connection went through
+        statuses = [m.json()["source_status"] for m in consumer.on("/state")]
+        assert consumer.wait_for(lambda c: "offline" in [m.json()["source_status"] for m in c.on("/state")], 5)
+        statuses = [m.json()["source_status"] for m in consumer.on("/state")]
+        assert statuses.index("offline") < len(statuses) - 1 - statuses[::-1].index("online")
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "no-contract"])
+def test_bad_model_exits_2_with_one_line(kind: str, tiny_plain_onnx: Path, tmp_path: Path) -> None:
+    model = {"missing": tmp_path / "absent.onnx", "corrupt": tmp_path / "corrupt.onnx", "no-contract": tiny_plain_onnx}[kind]
+    if kind == "corrupt":
+        model.write_bytes(tiny_plain_onnx.read_bytes()[:300])
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f"[device]\nstate_dir = '{tmp_path / 'state'}'\n[detector]\nmodel = '{model}'\n"
+        "[mqtt]\nhost = '127.0.0.1'\nport = 1\n[source]\ntype = 'synthetic'\n"
+    )
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featherface-edge: error:") and str(model) in lines[0]
+
+
+def test_snapshot_respects_the_size_cap() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    jpeg = snapshot_jpeg(noise, (0.1, 0.1, 0.9, 0.9), 8000)
+    assert jpeg is not None and len(jpeg) <= 8000 and jpeg[:2] == b"\xff\xd8"
+    assert snapshot_jpeg(noise, (0.5, 0.5, 0.5, 0.5), 8000) is None  # empty box
+
+
+def test_cpu_temperature_reads_thermal_zones(tmp_path: Path) -> None:
+    zone = tmp_path / "thermal_zone0"
+    zone.mkdir()
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("48312\n")
+    assert cpu_temperature_c(tmp_path) == 48.3
+    assert cpu_temperature_c(tmp_path / "none") is None

@@ -1,0 +1,91 @@
+"""KD loss: zero when student equals teacher, finite gradients, bounded learnable weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainer.loss.distill import DistillConfig, DistillLoss, FeatureDistill, kd_class_loss, kd_regression_loss
+
+
+def _outputs(n: int = 2, a: int = 50, seed: int = 0, requires_grad: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    outs = (torch.randn(n, a, 4, generator=g), torch.randn(n, a, 2, generator=g) * 3, torch.randn(n, a, 10, generator=g))
+    return tuple(t.requires_grad_(requires_grad) for t in outs)
+
+
+def test_kd_is_zero_when_student_equals_teacher() -> None:
+    teacher = _outputs()
+    student = tuple(t.clone() for t in teacher)
+    terms = DistillLoss().kd_terms(student, teacher)
+    assert teacher[1].softmax(-1)[..., 1].gt(0.5).any()  # the box / landmark terms are really exercised
+    for name, value in terms.items():
+        assert float(value) == pytest.approx(0.0, abs=1e-6), name
+
+
+def test_kd_terms_positive_when_outputs_differ_and_scale_as_a_mean() -> None:
+    teacher, student = _outputs(seed=0), _outputs(seed=1)
+    terms = DistillLoss().kd_terms(student, teacher)
+    assert all(float(v) > 0 for v in terms.values())
+    # Mean over anchors: repeating the anchors does not change the class term.
+    doubled = kd_class_loss(torch.cat([student[1]] * 2, 1), torch.cat([teacher[1]] * 2, 1), 4.0)
+    assert float(doubled) == pytest.approx(float(terms["cls"]), rel=1e-5)
+
+
+def test_regression_only_on_teacher_positive_anchors() -> None:
+    s = torch.zeros(1, 3, 4)
+    t = torch.ones(1, 3, 4) * 5.0  # large targets are not clipped: smooth-L1 grows linearly
+    positive = torch.tensor([[True, False, False]])
+    loss = kd_regression_loss(s, t, positive)
+    assert float(loss) == pytest.approx(4 * 4.5)
+    none = kd_regression_loss(s.requires_grad_(), t, torch.zeros(1, 3, dtype=torch.bool))
+    assert float(none.detach()) == 0.0
+    none.backward()  # still part of the graph
+
+
+def test_total_mixes_task_and_kd_with_alpha_and_gradients_are_finite() -> None:
+    cfg = DistillConfig(alpha=0.7, temperature=4.0)
+    loss = DistillLoss(cfg)
+    teacher, student = _outputs(seed=0), _outputs(seed=1, requires_grad=True)
+    task = torch.tensor(2.0, requires_grad=True)
+    total, logs = loss(student, teacher, task)
+    assert float(total.detach()) == pytest.approx(0.3 * 2.0 + 0.7 * logs["kd"], rel=1e-5)
+    total.backward()
+    grads = [t.grad for t in student] + [loss.raw_log_var.grad, task.grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert {"w_cls", "w_box", "w_ldm", "kd_cls", "kd_box", "kd_ldm", "task"} <= set(logs)
+
+
+def test_learnable_weights_stay_positive_and_bounded() -> None:
+    cfg = DistillConfig(log_var_bound=2.0)
+    loss = DistillLoss(cfg)
+    opt = torch.optim.SGD(loss.parameters(), lr=5.0)
+    teacher = _outputs(seed=0)
+    # Wildly different scales push one weight up and another down as far as they can go.
+    student = (teacher[0] + 100.0, teacher[1] + torch.tensor([0.0, 1e-3]), teacher[2])
+    for _ in range(500):
+        opt.zero_grad()
+        total, _ = loss(student, teacher, torch.tensor(0.0))
+        total.backward()
+        opt.step()
+    w = loss.weights()
+    lo, hi = math.exp(-2.0) * 0.999, math.exp(2.0) * 1.001
+    assert all(lo <= v <= hi for v in w.values()), w
+    assert w["w_box"] < 0.2 < 1.0 < w["w_cls"]  # the weights really moved
+    assert torch.isfinite(loss.raw_log_var).all()
+
+
+def test_feature_distill_zero_after_identity_adapter() -> None:
+    fd = FeatureDistill([8, 8], [8, 8])
+    for a in fd.adapters:
+        torch.nn.init.dirac_(a.weight)
+    feats = [torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 2)]
+    assert float(fd(feats, feats)) == pytest.approx(0.0, abs=1e-7)
+    assert float(fd([f + 1 for f in feats], feats)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_config_rejects_bad_alpha() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        DistillConfig(alpha=1.5)

@@ -1,0 +1,289 @@
+"""Config loading, schedule, checkpoints, logs, plots, the training loop (tiny overfit), exact resume,
+and the `featherface-train v1` command."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edge.anchors import prior_boxes
+from edge.errors import ConfigError, ModelError
+from trainer.config import from_dict, load_config, override
+from trainer.data.dataset import DataConfig, build_dataset
+from trainer.engine.checkpoint import Checkpointer, seed_everything
+from trainer.engine.ddp import DistInfo
+from trainer.engine.fit import RunConfig, fit
+from trainer.engine.log import JsonlLogger, read_jsonl
+from trainer.engine.loop import multibox_step
+from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler
+from trainer.engine.plots import plot_losses
+from trainer.engine.v1 import V1Config, load_v1_config
+from trainer.loss import MultiBoxLoss
+
+REPO = Path(__file__).resolve().parents[2]
+DIM = 160
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared, loaded CPU two spinning threads ran these steps 30x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TinyDetector(nn.Module):
+    """Fallback when the V1 registry is absent: three strided levels, 2 anchors a cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1)
+        )
+        self.down = nn.ModuleList([nn.Conv2d(16, 16, 3, 2, 1), nn.Conv2d(16, 16, 3, 2, 1)])
+        self.head = nn.Conv2d(16, 2 * 16, 1)
+
+    def forward(self, x: torch.Tensor):
+        feats = [torch.relu(self.stem(x))]
+        for d in self.down:
+            feats.append(torch.relu(d(feats[-1])))
+        outs = [self.head(f).permute(0, 2, 3, 1).reshape(x.shape[0], -1, 16) for f in feats]
+        y = torch.cat(outs, dim=1)
+        return y[..., :4], y[..., 4:6], y[..., 6:16]
+
+
+def small_model() -> nn.Module:
+    try:
+        import trainer.models  # noqa: F401
+        from trainer.models.registry import build_model
+
+        return build_model("v1")
+    except Exception:  # the V1 network is another engineer's module; the engine must not wait on it
+        return TinyDetector()
+
+
+def make_images(root: Path, n: int, repeat: int = 1) -> Path:
+    """``n`` noisy images with two bright 'faces' each, as a RetinaFace label.txt with landmarks
+    (each image listed ``repeat`` times: more steps per epoch on the same images)."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        img = rng.integers(0, 80, (DIM, DIM, 3), dtype=np.uint8)
+        lines.append(f"# {i}.jpg")
+        for x, y, s in ((20 + 5 * i, 30, 40), (100, 90 - 5 * i, 28)):
+            cv2.ellipse(img, (x + s // 2, y + s // 2), (s // 2, s * 6 // 10), 0, 0, 360, (180, 200, 230), -1)
+            pts = [x + s * 0.3, y + s * 0.4, x + s * 0.7, y + s * 0.4, x + s * 0.5, y + s * 0.55]
+            pts += [x + s * 0.35, y + s * 0.75, x + s * 0.65, y + s * 0.75]
+            ldm = " ".join(f"{pts[2 * k]:.1f} {pts[2 * k + 1]:.1f} 0.0" for k in range(5))
+            lines.append(f"{x} {y} {s} {s} {ldm} 0.9")
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "images" / f"{i}.jpg"), img)
+    (root / "label.txt").write_text(("\n".join(lines) + "\n") * repeat)
+    return root / "label.txt"
+
+
+def train(tmp: Path, label: Path, run: RunConfig, optim: OptimConfig, resume: bool = False, **data):
+    data_cfg = DataConfig(label_file=str(label), img_dim=DIM, batch_size=2, num_workers=0, **data)
+    seed_everything(run.seed)
+    dataset = build_dataset(data_cfg, seed=run.seed)
+    model = small_model()
+    loss = MultiBoxLoss(torch.from_numpy(prior_boxes(DIM, DIM)))
+    result = fit(model, dataset, multibox_step(loss), optim, run, DistInfo(), batch_size=2, resume=resume)
+    return model, result
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class _Inner:
+    lr: float = 0.1
+    sizes: tuple[int, ...] = (1, 2)
+
+
+@dataclass(frozen=True)
+class _Outer:
+    name: str
+    inner: _Inner = field(default_factory=_Inner)
+
+
+def test_config_loader_is_strict_and_names_file_table_key(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('name = "x"\n[inner]\nlr = 1\nsizes = [3, 4, 5]\n')
+    cfg = load_config(f, _Outer)
+    assert cfg == _Outer("x", _Inner(1.0, (3, 4, 5))) and isinstance(cfg.inner.lr, float)
+    f.write_text('name = "x"\n[inner]\nlr = 1\nlrr = 2\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: unknown key 'lrr' in \[inner\]"):
+        load_config(f, _Outer)
+    f.write_text('name = "x"\n[inner]\nlr = "fast"\n')
+    with pytest.raises(ConfigError, match=r"key 'inner.lr' must be a number"):
+        load_config(f, _Outer)
+    f.write_text("[inner]\n")
+    with pytest.raises(ConfigError, match="missing required key 'name'"):
+        load_config(f, _Outer)
+    f.write_text("name = \n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(f, _Outer)
+    with pytest.raises(ConfigError, match="unknown key 'inner.nope'"):
+        override(from_dict(_Outer, {"name": "y"}), {"inner.nope": 1})
+
+
+def test_v1_toml_loads_and_validates(tmp_path: Path) -> None:
+    cfg = load_v1_config(REPO / "trainer/configs/v1.toml", data="x/label.txt", out=tmp_path)
+    assert isinstance(cfg, V1Config)
+    assert cfg.data.label_file == "x/label.txt" and cfg.run.out_dir == str(tmp_path)
+    assert cfg.loss.overlap_threshold == 0.35 and cfg.loss.negpos_ratio == 7
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data]\nimg_dim = 100\n")
+    with pytest.raises(ConfigError, match=r"\[data\].*multiple of 32"):
+        load_config(bad, V1Config)
+
+
+# ---------------------------------------------------------------- optimiser, logs, plots, checkpoints
+
+
+def test_warmup_then_cosine_and_step_decay() -> None:
+    p = nn.Parameter(torch.zeros(1))
+    for schedule in ("cosine", "step"):
+        cfg = OptimConfig(lr=1.0, warmup_epochs=1, warmup_start=0.0, schedule=schedule, milestones=(0.5,))
+        opt = build_optimizer(nn.ParameterList([p]), cfg)
+        sched = build_scheduler(opt, cfg, total_steps=100, steps_per_epoch=10)
+        lrs = []
+        for _ in range(100):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+        if schedule == "cosine":
+            assert lrs[99] == pytest.approx(0.01, abs=1e-3) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+        else:
+            assert lrs[49] == 1.0 and lrs[50] == pytest.approx(0.1)
+
+
+def test_jsonl_and_csv_logs_agree_and_resume_drops_later_rows(tmp_path: Path) -> None:
+    log = JsonlLogger(tmp_path)
+    for s in range(1, 5):
+        log.log({"step": s, "loss": 1.0 / s})
+    log.log({"step": 5, "loss": 0.1, "lr": 0.5})  # a new column rewrites the CSV
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0] == "step,loss,lr" and len(csv_lines) == 6
+    resumed = JsonlLogger(tmp_path, resume_step=3)
+    assert [r["step"] for r in resumed.rows()] == [1, 2, 3]
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 4
+    png = plot_losses([{"kind": "train", "step": s, "loss": 1 / s, "lr": 0.1} for s in range(1, 9)], tmp_path / "p.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpointer_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
+    ck = Checkpointer(tmp_path, keep=2)
+    with pytest.raises(ModelError, match="no checkpoint"):
+        ck.load()
+    torch.save({"model": {}}, tmp_path / "last.pt")
+    with pytest.raises(ModelError, match="not a featherface training checkpoint"):
+        ck.load()
+    for step in (1, 2, 3):
+        ck.save({"model": {}, "step": step})
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-0000002.pt", "step-0000003.pt"]
+    assert ck.load()["step"] == 3 and "rng" in ck.load()
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_tiny_overfit_loss_falls_on_two_images(tmp_path: Path) -> None:
+    label = make_images(tmp_path / "data", 2, repeat=10)  # 10 steps an epoch on the same two images
+    run = RunConfig(out_dir=str(tmp_path / "run"), epochs=2, seed=0, device="cpu", log_every=1, progress=False)
+    optim = OptimConfig(name="adamw", lr=3e-3, weight_decay=0.0, warmup_epochs=0, schedule="constant")
+    _, result = train(tmp_path, label, run, optim, crop=False, distort=False, mirror=False)
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert result.state.step == 20 and len(rows) == 20
+    first, last = rows[0], rows[-1]
+    assert last["loss"] < 0.4 * first["loss"], (first, last)
+    assert last["landm"] < first["landm"] and last["conf"] < first["conf"]
+    assert (tmp_path / "run" / "loss_curves.png").is_file()
+    assert (tmp_path / "run" / "metrics.csv").is_file() and result.final_weights.is_file()
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
+    label = make_images(tmp_path / "data", 6)  # 3 steps an epoch: stop mid-epoch, resume across the boundary
+    optim = OptimConfig(lr=1e-3, warmup_epochs=1, schedule="cosine")
+
+    def run_cfg(out: str, max_steps: int) -> RunConfig:
+        return RunConfig(out_dir=str(tmp_path / out), epochs=3, max_steps=max_steps, seed=3, device="cpu",
+                         log_every=1, progress=False)
+
+    straight, res = train(tmp_path, label, run_cfg("straight", 4), optim)
+    assert res.state.step == 4
+    _, first = train(tmp_path, label, run_cfg("resumed", 2), optim)
+    assert first.state.step == 2 and first.state.step_in_epoch == 2
+    resumed, res2 = train(tmp_path, label, run_cfg("resumed", 4), optim, resume=True)
+    assert res2.state.step == 4 and res2.state.epoch == 1
+
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ck_a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    ck_b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    assert ck_a["scheduler"]["last_epoch"] == ck_b["scheduler"]["last_epoch"] == 4
+    for sa, sb in zip(ck_a["optimizer"]["state"].values(), ck_b["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    keys = ("step", "epoch", "loss", "loc", "conf", "landm", "lr")
+    rows_a = [{k: r.get(k) for k in keys} for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl")]
+    rows_b = [{k: r.get(k) for k in keys} for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")]
+    assert rows_a == rows_b and [r["step"] for r in rows_b] == [1, 2, 3, 3, 4]  # step 3 ends epoch 0
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    from trainer.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["featherface-train", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_v1_trains_resumes_and_reports_bad_config(tmp_path: Path, monkeypatch, capsys) -> None:
+    label = make_images(tmp_path / "data", 2)
+    cfg = tmp_path / "v1.toml"
+    text = (REPO / "trainer/configs/v1.toml").read_text()
+    text = text.replace('backbone_weights = "../shared/weights/mobilenetv1_0.25_imagenet.tar"', 'backbone_weights = ""')
+    text = text.replace("img_dim = 640", f"img_dim = {DIM}").replace("batch_size = 32", "batch_size = 2")
+    text = text.replace("num_workers = 4", "num_workers = 0").replace('device = "auto"', 'device = "cpu"')
+    text = text.replace("progress = true", "progress = false").replace("log_every = 20", "log_every = 1")
+    cfg.write_text(text.replace("epochs = 250", "epochs = 1"))
+    out = tmp_path / "run"
+    code, stdout, _ = _cli(monkeypatch, capsys, "v1", "--config", str(cfg), "--data", str(label), "--out", str(out))
+    assert code == 0 and "trained 1 steps" in stdout
+    cfg.write_text(text.replace("epochs = 250", "epochs = 2"))
+    code, stdout, _ = _cli(monkeypatch, capsys, "v1", "--config", str(cfg), "--data", str(label), "--out",
+                           str(out), "--resume")
+    assert code == 0 and "trained 2 steps" in stdout
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"] == [1, 2]
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["config"]["data"]["label_file"] == str(label) and ck["epoch"] == 2
+
+    cfg.write_text(text.replace("[optim]", "[optim]\nlearning_rate = 1"))
+    code, _, err = _cli(monkeypatch, capsys, "v1", "--config", str(cfg))
+    assert code == 2 and err.count("\n") == 1 and "unknown key 'learning_rate' in [optim]" in err
+    code, _, err = _cli(monkeypatch, capsys, "v1", "--config", str(cfg.with_name("absent.toml")))
+    assert code == 2 and "config file not found" in err
+    cfg.write_text(text)
+    code, _, err = _cli(monkeypatch, capsys, "v1", "--config", str(cfg), "--data", str(tmp_path / "none.txt"),
+                        "--out", str(tmp_path / "r2"))
+    assert code == 2 and "none.txt" in err and err.count("\n") == 1

@@ -1,0 +1,100 @@
+"""Bayesian rate search: penalty, bounds, a short GP search, two workers on one SQLite study."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import optuna
+import pytest
+
+from edge.errors import ConfigError
+from trainer.prune.groups import GROUP_BOUNDS
+from trainer.prune.search import (
+    MIN_TRIALS,
+    SearchConfig,
+    load_best_rates,
+    param_penalty,
+    run_search,
+    sample_rates,
+)
+
+# A cheap stand-in for "apply rates, fine-tune, evaluate": a bowl around TARGET, and a parameter count
+# that falls linearly with the mean rate (mean 0.4 -> 180K, 0.6 -> 120K).
+TARGET = {"backbone_early": 0.3, "backbone_late": 0.5, "cbam": 0.45, "bifpn": 0.5, "ssh": 0.4, "heads": 0.2}
+
+
+def bowl(rates: dict[str, float]) -> float:
+    return sum((rates[g] - TARGET[g]) ** 2 for g in TARGET)
+
+
+def slow_bowl(rates: dict[str, float]) -> float:
+    # Long enough that the spawned second worker joins before the first has done everything.
+    time.sleep(0.5)
+    return bowl(rates)
+
+
+def linear_params(rates: dict[str, float]) -> int:
+    return int(300_000 * (1.0 - sum(rates.values()) / len(rates)))
+
+
+def test_penalty_zero_inside_and_growing_outside() -> None:
+    assert param_penalty(120_000) == 0.0
+    assert param_penalty(150_000) == 0.0
+    assert param_penalty(180_000) == 0.0
+    above = [param_penalty(p) for p in (181_000, 200_000, 300_000)]
+    below = [param_penalty(p) for p in (119_000, 100_000, 50_000)]
+    assert 0 < above[0] < above[1] < above[2]
+    assert 0 < below[0] < below[1] < below[2]
+
+
+def test_fewer_than_min_trials_refused() -> None:
+    with pytest.raises(ConfigError, match=f">= {MIN_TRIALS}"):
+        SearchConfig(n_trials=MIN_TRIALS - 1)
+    assert SearchConfig().n_trials == 25
+
+
+def test_sampled_rates_respect_bounds() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(50):
+        trial = study.ask()
+        rates = sample_rates(trial, GROUP_BOUNDS)
+        assert set(rates) == set(GROUP_BOUNDS)
+        for g, r in rates.items():
+            lo, hi = GROUP_BOUNDS[g]
+            assert lo <= r <= hi, (g, r)
+        study.tell(trial, 0.0)
+
+
+def test_gp_search_finds_good_region(tmp_path) -> None:
+    cfg = SearchConfig(n_trials=15, seed=3)
+    res = run_search(bowl, linear_params, tmp_path, cfg)
+    assert res.n_complete == 15
+    study = optuna.load_study(study_name=cfg.study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    startup = values[:7]  # the random start-up trials
+    # The GP phase must beat the best random start-up point and land near the optimum.
+    assert res.best_value < min(startup)
+    assert res.best_value < 0.05
+    assert 120_000 <= linear_params(res.best_rates) <= 180_000
+    saved = json.loads((tmp_path / "best_rates.json").read_text())
+    assert saved["n_complete"] == 15
+    assert load_best_rates(tmp_path / "best_rates.json") == res.best_rates
+    assert (tmp_path / "search.png").stat().st_size > 1000
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 16  # header + 15 trials
+
+
+def test_two_workers_share_one_study(tmp_path) -> None:
+    # All start-up (random) trials: this test is about sharing the study, not about the GP.
+    cfg = SearchConfig(n_trials=16, seed=5, n_startup_trials=16)
+    res = run_search(slow_bowl, linear_params, tmp_path, cfg, workers=2)
+    study = optuna.load_study(study_name=cfg.study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 16 == res.n_complete
+    assert {t.user_attrs["worker"] for t in complete} == {0, 1}  # both really worked
+    points = {tuple(sorted(t.params.items())) for t in complete}
+    assert len(points) == 16  # no trial ran twice
+    # Resuming a finished search runs nothing more.
+    run_search(bowl, linear_params, tmp_path, cfg)
+    again = optuna.load_study(study_name=cfg.study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in again.trials) == 16

@@ -1,0 +1,152 @@
+"""Strict TOML -> frozen dataclass loading, shared by every trainer config (V1, Nano-B, pruning).
+
+A config is a tree of frozen dataclasses; each table in the TOML file fills one dataclass field.
+Every key is checked once, at start: unknown keys, missing required keys and wrongly typed values
+raise :class:`ConfigError` with one line naming the file, the table and the key.
+
+    cfg = load_config(Path("trainer/configs/v1.toml"), V1Config)
+    cfg = override(cfg, {"data.label_file": "label.txt", "run.out_dir": "runs/x"})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from edge.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_config(path: str | Path, cls: type[T]) -> T:
+    """Read the TOML file ``path`` into the frozen dataclass ``cls`` (strict, see module doc)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return from_dict(cls, raw, source=str(path))
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "<config>", table: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields."""
+    where = f"[{table}]" if table else "top level"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {where} must be a table, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r} in {where} (known: {', '.join(sorted(fields))})"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        key = f"{table}.{name}" if table else name
+        if name not in data:
+            no_default = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+            if no_default:
+                raise ConfigError(f"{source}: missing required key {name!r} in {where}")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], source, key)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:  # __post_init__ validation
+        raise ConfigError(f"{source}: {where}: {exc}") from exc
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The dataclass tree as plain TOML/JSON-compatible data (tuples become lists, Paths strings)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [conv(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return conv(cfg)
+
+
+def override(cfg: T, values: Mapping[str, Any], source: str = "command line") -> T:
+    """Return ``cfg`` with dotted keys replaced (``{"optim.lr": 0.01}``), validated like the file."""
+    data = to_dict(cfg)
+    for dotted, value in values.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"{source}: unknown table {p!r} in key {dotted!r}")
+            node = node[p]
+        if leaf not in node:
+            raise ConfigError(f"{source}: unknown key {dotted!r}")
+        node[leaf] = str(value) if isinstance(value, Path) else value
+    return from_dict(type(cfg), data, source=source)
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; convert lists to tuples and ints to floats."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, key)  # type: ignore[arg-type]
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, source, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{source}: key {key!r} is invalid")
+    if origin is Literal:
+        if value not in get_args(tp):
+            allowed = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{source}: key {key!r} must be one of {allowed}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: key {key!r} must be an array, got {value!r}")
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{source}: key {key!r} must have {len(args)} items, got {len(value)}")
+        pairs = enumerate(zip(args, value, strict=True))
+        return tuple(_coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in pairs)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: key {key!r} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: key {key!r} must be a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{source}: key {key!r} must be a path string, got {value!r}")
+        return Path(value)
+    raise ConfigError(f"{source}: key {key!r} has unsupported type {tp!r}")

@@ -1,0 +1,171 @@
+"""The resumable training driver shared by V1 and the Nano-B phases.
+
+``fit`` reads top to bottom: build the optimiser, schedule and AMP scaler; restore a checkpoint when
+resuming; then for each epoch build that epoch's loader (seeded order, this rank's shard, batches
+already done skipped) and run :func:`~trainer.engine.loop.train_epoch`; checkpoint, log and plot on
+rank 0. Stopping at ``max_steps`` and resuming reproduces an uninterrupted run exactly (on CPU; on
+CUDA up to non-deterministic kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from edge.errors import ConfigError
+from trainer.data.dataset import batches_per_epoch, build_loader
+from trainer.engine.checkpoint import Checkpointer, restore
+from trainer.engine.ddp import DistInfo, barrier, mean_across_ranks, unwrap, wrap_model
+from trainer.engine.log import JsonlLogger
+from trainer.engine.loop import StepFn, TrainState, train_epoch
+from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler
+from trainer.engine.plots import plot_losses
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The ``[run]`` table: length, seed, device, checkpoints and logging of a training run."""
+
+    out_dir: str = "runs/v1"
+    epochs: int = 250
+    max_steps: int = 0  # stop (with a checkpoint) after this many optimiser steps; 0 = all epochs
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # float16 autocast + GradScaler, CUDA only
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    log_every: int = 20  # steps between log rows
+    save_every_steps: int = 0  # extra mid-epoch checkpoints; 0 = end of each epoch only
+    keep_checkpoints: int = 3  # step-*.pt files kept (last.pt always)
+    progress: bool = True  # tqdm bars (rank 0)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.max_steps < 0 or self.log_every < 0 or self.save_every_steps < 0:
+            raise ValueError("epochs must be >= 1; max_steps, log_every, save_every_steps >= 0")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    state: TrainState
+    out_dir: Path
+    final_weights: Path | None  # plain state_dict of the trained model (rank 0)
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    step_fn: StepFn,
+    optim_cfg: OptimConfig,
+    run: RunConfig,
+    info: DistInfo,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    config: dict[str, Any] | None = None,
+    resume: bool | str | Path = False,
+    extra_state: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``dataset`` with ``step_fn``; see the module doc. ``config`` is stored in
+    every checkpoint; ``resume`` is True (``out_dir/last.pt``) or a checkpoint path."""
+    out = Path(run.out_dir)
+    steps_per_epoch = batches_per_epoch(dataset, batch_size, info.world_size)
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"data: {len(dataset)} images give no full batch of {batch_size} per process; "
+            "lower data.batch_size"
+        )
+    total_steps = run.epochs * steps_per_epoch
+
+    model = wrap_model(model, info)
+    optimizer = build_optimizer(unwrap(model), optim_cfg)
+    scheduler = build_scheduler(optimizer, optim_cfg, total_steps, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and info.device.type == "cuda")
+    ckpt = Checkpointer(out, keep=run.keep_checkpoints)
+    state = TrainState()
+    if resume:
+        saved = ckpt.load(None if resume is True else resume, map_location=info.device)
+        restore(saved, unwrap(model), optimizer, scheduler, scaler)
+        state = TrainState(saved["epoch"], saved["step"], saved["step_in_epoch"], saved["epoch_sums"])
+    logger = JsonlLogger(out, resume_step=state.step if resume else None) if info.is_main else None
+
+    def save() -> None:
+        if info.is_main:
+            ckpt.save(
+                {
+                    "model": unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": state.epoch,
+                    "step": state.step,
+                    "step_in_epoch": state.step_in_epoch,
+                    "epoch_sums": dict(state.epoch_sums),
+                    "config": config or {},
+                    "extra": extra_state or {},
+                }
+            )
+        barrier(info)
+
+    def on_step(s: TrainState) -> bool:
+        done = bool(run.max_steps) and s.step >= run.max_steps
+        if done or (run.save_every_steps and s.step % run.save_every_steps == 0):
+            save()
+        return done
+
+    def end_epoch(means: dict[str, float]) -> None:
+        if logger is not None:
+            logger.log({"kind": "epoch", "step": state.step, "epoch": state.epoch, **means})
+        state.epoch, state.step_in_epoch, state.epoch_sums = state.epoch + 1, 0, {}
+        save()
+        if logger is not None:
+            plot_losses(logger.rows(), out / "loss_curves.png")
+
+    stopped = False
+    while state.epoch < run.epochs and not stopped:
+        if state.step_in_epoch >= steps_per_epoch:  # nothing left of this epoch but its summary
+            means = {k: v / state.step_in_epoch for k, v in state.epoch_sums.items()}
+            end_epoch(mean_across_ranks(means, info))
+            continue
+        loader = build_loader(
+            dataset,
+            batch_size,
+            state.epoch,
+            seed=run.seed,
+            num_workers=num_workers,
+            rank=info.rank,
+            world_size=info.world_size,
+            skip_batches=state.step_in_epoch,
+        )
+        means, stopped = train_epoch(
+            model,
+            loader,
+            step_fn,
+            optimizer,
+            scheduler,
+            scaler,
+            state,
+            info,
+            amp=run.amp,
+            grad_clip=run.grad_clip,
+            log_every=run.log_every,
+            logger=logger,
+            progress=run.progress,
+            on_step=on_step,
+        )
+        # Stopped by max_steps on an epoch's last step: the epoch is complete, so close it too.
+        if stopped and state.step_in_epoch < steps_per_epoch:
+            break
+        end_epoch(means)
+
+    final = None
+    if info.is_main:
+        if logger is not None:
+            plot_losses(logger.rows(), out / "loss_curves.png")
+        final = out / "model_final.pth"
+        torch.save(unwrap(model).state_dict(), final)
+    barrier(info)
+    return FitResult(state, out, final)

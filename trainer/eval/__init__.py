@@ -1,0 +1,1 @@
+"""Evaluation: the official WIDER FACE protocol, running models on images, PR plots, model cost."""

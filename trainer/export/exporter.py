@@ -1,0 +1,161 @@
+"""One entry point that writes every deployment format of a network with the same contract.
+
+The ONNX file is made first; its weights give the parameter count and sha256 that every other
+format's metadata repeats, so all files of one export describe the same network.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from edge.contract import METADATA_KEY, ModelMeta
+from edge.errors import FeatherFaceError
+from trainer.export import metadata
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "openvino", "torchscript")
+OUTPUT_NAMES = ["loc", "conf", "landmarks"]
+
+
+class ExportError(FeatherFaceError):
+    """A model could not be exported (the message says which format and why)."""
+
+
+class InferenceHead(nn.Module):
+    """What ships: the raw network plus the class softmax, so ``conf`` is a probability (index 1 = face).
+
+    Decoding stays out of the graph on purpose: priors depend on the input size, and the edge
+    decodes in NumPy for any size from the metadata.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loc, conf, ldm = self.net(x)
+        return loc, torch.softmax(conf, dim=-1), ldm
+
+
+@dataclass
+class ExportResult:
+    meta: ModelMeta
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _onnx_bytes(head: nn.Module, example: torch.Tensor, dynamic: bool) -> bytes:
+    """ONNX at the exporter's current opset (torch.export); falls back to the TorchScript exporter
+    when torch.export cannot capture the network (data-dependent shapes in an older layer)."""
+    try:
+        dims = {2: torch.export.Dim("height", min=32), 3: torch.export.Dim("width", min=32)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                head,
+                (example,),
+                None,
+                dynamo=True,
+                input_names=["input"],
+                output_names=OUTPUT_NAMES,
+                dynamic_shapes=(dims,) if dynamic else None,
+                verbose=False,
+            )
+        buf = io.BytesIO()
+        program.save(buf)
+        return buf.getvalue()
+    except Exception as exc:  # noqa: BLE001 - any capture failure: try the other exporter
+        log.warning("torch.export could not capture the network (%s); using the TorchScript exporter", exc)
+    buf = io.BytesIO()
+    axes = {"input": {2: "height", 3: "width"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            head,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=OUTPUT_NAMES,
+            dynamic_axes=axes,
+        )
+    return buf.getvalue()
+
+
+def _strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node stack traces and intermediate shapes: they are a third of the
+    file for a small network, and a device has no use for them."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    return model
+
+
+def export_model(
+    net: nn.Module,
+    out_dir: str | Path,
+    name: str,
+    version: str = "0.1.0",
+    formats: Sequence[str] = ("onnx",),
+    width: int = 640,
+    height: int = 480,
+    dynamic: bool = True,
+    int8: bool = False,
+    calib_images: Sequence[str | Path] | str | Path = (),
+    provenance: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Write ``out_dir/<name>.onnx`` (always), and the IR / TorchScript / INT8 files asked for.
+
+    ``width``/``height`` are the nominal input size stored in the metadata (and the fixed size when
+    ``dynamic`` is false). INT8 needs ``calib_images`` (real photos; 50–300 is plenty).
+    """
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ExportError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+    if int8 and not calib_images:
+        raise ExportError("--int8 needs calibration images (--calib DIR with .jpg/.png files)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    head = InferenceHead(net.cpu().eval()).eval()
+    example = torch.zeros(1, 3, height, width)
+
+    with torch.no_grad():
+        model = _strip_debug_info(onnx.load_from_string(_onnx_bytes(head, example, dynamic)))
+    meta = metadata.build_meta(name, version, width, height, dynamic, model, provenance)
+    metadata.attach(model, meta)
+    onnx_path = out / f"{name}.onnx"
+    onnx.save(model, onnx_path)
+    result = ExportResult(meta=meta, files={"onnx": onnx_path})
+
+    if "torchscript" in formats:
+        ts_path = out / f"{name}.torchscript.pt"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(head, example)
+        torch.jit.save(traced, str(ts_path), _extra_files={f"{METADATA_KEY}.json": meta.to_json()})
+        result.files["torchscript"] = ts_path
+    if "openvino" in formats:
+        from trainer.export.openvino_ir import save_ir
+
+        result.files["openvino"] = save_ir(onnx_path, out / f"{name}.xml", meta)
+    if int8:
+        from trainer.export.quantize import quantize_onnx, quantize_openvino
+
+        result.files["onnx_int8"] = quantize_onnx(onnx_path, out / f"{name}.int8.onnx", meta, calib_images)
+        if "openvino" in formats:
+            result.files["openvino_int8"] = quantize_openvino(
+                onnx_path, out / f"{name}.int8.xml", meta, calib_images
+            )
+    return result

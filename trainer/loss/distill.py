@@ -1,0 +1,149 @@
+"""Knowledge distillation from the V1 teacher into Nano-B (DESIGN §3, phase 1 and phase 3).
+
+    total = (1 - alpha) * task + alpha * KD                                      (alpha 0.7, T 4)
+    KD    = sum_i  exp(-s_i) * L_i + s_i        i in {cls, box, landmark}   (uncertainty weighting)
+
+- ``L_cls``: KL(teacher || student) of the temperature-softened class distributions, times T², **mean
+  over anchors** (a sum over ~10^4 anchors drowned the task loss in the team's probe);
+- ``L_box`` / ``L_ldm``: smooth-L1 between the student's and the teacher's raw regressions on the
+  anchors the teacher calls faces (softmax face probability > ``positive_threshold``), mean over
+  those anchors, targets unclipped; 0 when the teacher sees no face;
+- ``s_i`` is a learnable log-variance squashed smoothly into ``[-log_var_bound, +log_var_bound]`` by
+  ``bound * tanh(raw / bound)``: each weight ``exp(-s_i)`` stays positive and bounded (in
+  ``[e^-b, e^b]``) however long the optimiser pushes, and the ``+ s_i`` term keeps it from collapsing
+  to zero. ``weights()`` returns them for the epoch log.
+
+Optional feature distillation (:class:`FeatureDistill`): a 1x1 adapter per level maps student
+features to the teacher's width, MSE against the (detached) teacher features.
+
+Coordinates: every regression tensor is in the raw, variance-scaled prior units the heads produce
+(see :func:`edge.anchors.encode_boxes`), so no priors are needed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KD_TERMS: tuple[str, ...] = ("cls", "box", "ldm")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """KD settings (the ``[distill]`` table)."""
+
+    alpha: float = 0.7
+    temperature: float = 4.0
+    positive_threshold: float = 0.5  # teacher face probability (T = 1) that makes an anchor "positive"
+    log_var_bound: float = 2.0  # |s_i| <= bound, so each weight exp(-s_i) lies in [e^-bound, e^bound]
+    learn_weights: bool = True
+    feature_weight: float = 0.0  # > 0 switches feature distillation on (adds weight * MSE)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.positive_threshold < 1.0:
+            raise ValueError(f"positive_threshold must be in (0, 1), got {self.positive_threshold}")
+        if self.log_var_bound <= 0:
+            raise ValueError(f"log_var_bound must be > 0, got {self.log_var_bound}")
+        if self.feature_weight < 0:
+            raise ValueError(f"feature_weight must be >= 0, got {self.feature_weight}")
+
+
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (loc (N,A,4), conf logits (N,A,2), ldm (N,A,10))
+
+
+def kd_class_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher_T || student_T) summed over classes, mean over anchors (and images), times T²."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits / t, dim=-1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+    return kl.mean() * t * t
+
+
+def kd_regression_loss(student: torch.Tensor, teacher: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 summed over coordinates, mean over ``positive`` anchors; 0 (with a graph) when none."""
+    if not bool(positive.any()):
+        return student.sum() * 0.0
+    diff = F.smooth_l1_loss(student[positive], teacher[positive], reduction="none")
+    return diff.sum(dim=-1).mean()
+
+
+class DistillLoss(nn.Module):
+    """``forward(student_out, teacher_out, task) -> (total, logs)``; ``task`` is the MultiBox loss value.
+
+    ``logs`` holds floats for ``task``, ``kd``, ``kd_cls``/``kd_box``/``kd_ldm`` (unweighted) and the
+    current ``w_cls``/``w_box``/``w_ldm``. The learnable weights are this module's parameters: give
+    them to the optimiser with the student's.
+    """
+
+    def __init__(self, cfg: DistillConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or DistillConfig()
+        self.raw_log_var = nn.Parameter(torch.zeros(len(KD_TERMS)), requires_grad=self.cfg.learn_weights)
+
+    def log_var(self) -> torch.Tensor:
+        """The bounded log-variances ``s`` (smooth squashing: gradients never vanish at a clamp)."""
+        b = self.cfg.log_var_bound
+        return b * torch.tanh(self.raw_log_var / b)
+
+    def weights(self) -> dict[str, float]:
+        """Current per-term weights ``exp(-s_i)``, for logging."""
+        w = torch.exp(-self.log_var().detach())
+        return {f"w_{name}": float(v) for name, v in zip(KD_TERMS, w, strict=True)}
+
+    def kd_terms(self, student: Outputs, teacher: Outputs) -> dict[str, torch.Tensor]:
+        """The three unweighted KD terms; the teacher's outputs are detached here."""
+        s_loc, s_conf, s_ldm = student
+        t_loc, t_conf, t_ldm = (t.detach() for t in teacher)
+        positive = F.softmax(t_conf, dim=-1)[..., 1] > self.cfg.positive_threshold
+        return {
+            "cls": kd_class_loss(s_conf, t_conf, self.cfg.temperature),
+            "box": kd_regression_loss(s_loc, t_loc, positive),
+            "ldm": kd_regression_loss(s_ldm, t_ldm, positive),
+        }
+
+    def forward(
+        self, student: Outputs, teacher: Outputs, task: torch.Tensor, feature: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self.kd_terms(student, teacher)
+        s = self.log_var()
+        stacked = torch.stack([terms[name] for name in KD_TERMS])
+        kd = (torch.exp(-s) * stacked + s).sum() if self.cfg.learn_weights else stacked.sum()
+        alpha = self.cfg.alpha
+        total = (1.0 - alpha) * task + alpha * kd
+        logs = {"task": float(task.detach()), "kd": float(kd.detach())}
+        logs.update({f"kd_{name}": float(terms[name].detach()) for name in KD_TERMS})
+        if feature is not None and self.cfg.feature_weight > 0:
+            total = total + self.cfg.feature_weight * feature
+            logs["kd_feat"] = float(feature.detach())
+        logs.update(self.weights())
+        logs["loss"] = float(total.detach())
+        return total, logs
+
+
+class FeatureDistill(nn.Module):
+    """Feature-level KD: per level, ``MSE(adapter_k(student_k), teacher_k)`` averaged over levels.
+
+    Adapters are 1x1 convs (student width -> teacher width), trained with the student and dropped
+    at export. Spatial sizes must match (Nano-B and V1 share strides, so they do).
+    """
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleList(
+            nn.Conv2d(s, t, 1, bias=False) for s, t in zip(student_channels, teacher_channels, strict=True)
+        )
+
+    def forward(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+        losses = [
+            F.mse_loss(a(s), t.detach()) for a, s, t in zip(self.adapters, student, teacher, strict=True)
+        ]
+        return torch.stack(losses).mean()

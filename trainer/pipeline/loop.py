@@ -1,0 +1,144 @@
+"""The pieces every phase shares: one distillation step, validation (loss and held-out AP), and the
+student checkpoint format (weights + pruning spec, so a pruned student reloads without pickling).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edge.anchors import prior_boxes
+from edge.errors import ModelError
+from trainer.data.dataset import build_loader
+from trainer.loss.distill import DistillLoss
+from trainer.loss.multibox import MultiBoxLoss
+from trainer.models.nano_b import NanoB, NanoBConfig
+from trainer.pipeline.data import PipelineData
+
+Batch = tuple[torch.Tensor, list[torch.Tensor]]
+
+
+@dataclass
+class Losses:
+    """The task loss (for one square training size) and the KD loss with its learnable weights."""
+
+    task: MultiBoxLoss
+    kd: DistillLoss
+
+
+def make_losses(recipe: Any, img_dim: int, device: torch.device) -> Losses:
+    priors = torch.from_numpy(prior_boxes(img_dim, img_dim))
+    return Losses(MultiBoxLoss(priors, recipe.loss).to(device), DistillLoss(recipe.distill).to(device))
+
+
+def distill_step(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    losses: Losses,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    device: torch.device,
+) -> dict[str, float]:
+    """One optimiser step on ``(1 - alpha) * MultiBox + alpha * KD`` (task loss only without a teacher)."""
+    images, targets = batch
+    images = images.to(device)
+    targets = [t.to(device) for t in targets]
+    student.train()
+    out = student(images)
+    parts = losses.task(out, targets)
+    if teacher is not None:
+        with torch.no_grad():
+            t_out = teacher(images)
+        total, logs = losses.kd(out, t_out, parts.total)
+    else:
+        total, logs = parts.total, {"loss": float(parts.total.detach())}
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 10.0)  # a bad synthetic batch cannot blow up BN
+    optimizer.step()
+    logs.update(loc=float(parts.loc), conf=float(parts.conf), landm=float(parts.landm))
+    return logs
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, data: PipelineData, losses: Losses, device: torch.device, batch_size: int) -> float:
+    """Mean MultiBox loss on the held-out images at the training size (nan without a val split)."""
+    if data.val is None:
+        return float("nan")
+    model.eval()
+    loader = build_loader(data.val, batch_size, 0, shuffle=False, drop_last=False)
+    total, n = 0.0, 0
+    for images, targets in loader:
+        out = model(images.to(device))
+        total += float(losses.task(out, [t.to(device) for t in targets]).total) * len(images)
+        n += len(images)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def validation_ap(model: nn.Module, data: PipelineData, scale: int, progress: bool = False) -> dict[str, float]:
+    """Easy / medium / hard AP on the held-out WIDER events (official protocol); {} without a split."""
+    if data.val_gt is None or data.val_images_dir is None or len(data.val_gt) == 0:
+        return {}
+    from trainer.eval.predict import predict_wider, torch_runner
+    from trainer.eval.widerface import evaluate
+
+    model_cpu = copy.deepcopy(model).cpu().eval()
+    preds = predict_wider(torch_runner(model_cpu, "nano_b"), data.val_gt, data.val_images_dir, scale or None, progress)
+    return {f"ap_{k}": float(v) for k, v in evaluate(preds, data.val_gt).ap.items()}
+
+
+
+
+# --- student files ------------------------------------------------------------------------------------
+
+
+def save_student(path: str | Path, model: NanoB, spec: dict | None, extra: dict | None = None) -> Path:
+    """Weights + architecture + pruning spec in one file (``weights_only``-loadable, no pickled modules)."""
+    from trainer.config import to_dict
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"arch": "nano_b", "config": to_dict(model.cfg), "spec": spec, "state_dict": model.state_dict(), **(extra or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def build_student(cfg: NanoBConfig, spec: dict | None) -> NanoB:
+    """A Nano-B of ``cfg``, physically pruned to ``spec`` when one is given (weights not loaded)."""
+    model = NanoB(cfg)
+    if spec:
+        from trainer.prune.surgery import apply_spec
+
+        apply_spec(model, spec)
+    return model
+
+
+def load_student(path: str | Path) -> tuple[NanoB, dict | None]:
+    """Inverse of :func:`save_student`: ``(model in eval mode, spec)``; ModelError when it does not fit."""
+    from trainer.config import from_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"Nano-B file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelError(f"cannot read Nano-B file {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(blob, dict) or blob.get("arch") != "nano_b":
+        raise ModelError(f"{path} is not a Nano-B file (no arch 'nano_b')")
+    cfg = from_dict(NanoBConfig, blob["config"], source=str(path), table="config")
+    model = build_student(cfg, blob.get("spec"))
+    try:
+        model.load_state_dict(blob["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit the recorded architecture: {str(exc).splitlines()[0]}") from exc
+    return model.eval(), blob.get("spec")

@@ -1,0 +1,102 @@
+"""The Nano-B pipeline config: one TOML file, strict frozen dataclasses (see :mod:`trainer.config`).
+
+Tables: ``[run]``, ``[model]`` (:class:`~trainer.models.nano_b.NanoBConfig`), ``[teacher]``, ``[data]``
+(:class:`~trainer.data.dataset.DataConfig`), ``[split]``, ``[loss]``, ``[distill]``, ``[optim]``,
+``[phase1]``, ``[prune]``, ``[phase3]``. Every key has a default except where stated, so a config
+file lists only what it changes; an unknown key is an error naming file, table and key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.config import load_config
+from trainer.data.dataset import DataConfig
+from trainer.engine.optim import OptimConfig
+from trainer.loss.distill import DistillConfig
+from trainer.loss.multibox import LossConfig
+from trainer.models.nano_b import NanoBConfig
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: str = "runs/nano_b"
+    seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda", "auto"
+    threads: int = 0  # torch intra-op threads on the CPU (0: torch's default)
+    progress: bool = True  # tqdm bars
+    log_every: int = 10  # optimiser steps between metric rows
+    ckpt_every: int = 100  # optimiser steps between checkpoints
+    export_size: tuple[int, int] = (320, 240)  # (W, H) of the final ONNX export
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    weights: str = "../shared/weights/featherface_v1_official.pth"  # V1, WIDER-trained
+    deformable: bool = True  # the real teacher; False runs plain convs (faster, slightly different)
+    init_student: bool = True  # copy / slice the teacher's tensors into Nano-B (init_from_teacher)
+    imagenet_backbone: str = "../shared/weights/mobilenetv1_0.25_imagenet.tar"  # used when init_student is off
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Our own train / validation split of a WIDER folder (``data.wider_root``), by event.
+
+    Images of ``val_events`` are never trained on; they score the pruning search and every phase.
+    """
+
+    val_events: tuple[int, ...] = (0, 3, 9)
+    val_scale: int = 640  # held-out AP at this longer side (pixels); 0 = original size
+    val_limit: int = 0  # first N held-out images only (0: all)
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """A training phase measured in optimiser steps (CPU budgets are steps, not epochs)."""
+
+    steps: int = 1000
+    lr_scale: float = 1.0  # multiplies optim.lr (phase 3 fine-tunes at a reduced rate)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Phase 2: Bayesian search for per-group rates, soft pruning on a polynomial schedule, removal."""
+
+    target_params: tuple[int, int] = (120_000, 180_000)
+    trials: int = 25  # DESIGN: default 25, at least 15
+    startup_trials: int = 5  # random trials before the GP surrogate takes over
+    recovery_steps: int = 30  # short KD fine-tune of each trial before it is scored
+    lr_scale: float = 0.3  # x optim.lr for the trial recovery and the soft-pruning steps
+    penalty: float = 2.0  # score penalty per unit of relative distance outside target_params
+    soft_steps: int = 400  # training steps under soft pruning with the chosen rates
+    soft_boundaries: int = 8  # FPGM re-rank-and-zero points spread over soft_steps
+    power: float = 3.0  # polynomial schedule exponent
+    trace_size: int = 64  # square input used to trace the dependency graph
+
+    def __post_init__(self) -> None:
+        lo, hi = self.target_params
+        if not 0 < lo <= hi:
+            raise ValueError(f"target_params must be (low, high) with 0 < low <= high, got {self.target_params}")
+        if self.trials < 1 or self.soft_boundaries < 1:
+            raise ValueError("trials and soft_boundaries must be >= 1")
+
+
+@dataclass(frozen=True)
+class NanoBRecipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: NanoBConfig = field(default_factory=NanoBConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    phase1: PhaseConfig = field(default_factory=PhaseConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    phase3: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=500, lr_scale=0.1))
+
+
+def load_recipe(path: str | Path) -> NanoBRecipe:
+    """Read and validate a Nano-B pipeline config (ConfigError naming file / table / key)."""
+    return load_config(path, NanoBRecipe)

@@ -1,0 +1,95 @@
+"""``featherface-train nano-b``: the whole Nano-B pipeline, phase after phase, resumable.
+
+    recipe = load_recipe("trainer/configs/nano_b_cpu.toml")
+    summary = run_nano_b(recipe, out="runs/nano_b_cpu", resume=True)
+
+Writes under ``out``: ``phase1/``, ``phase2/`` (search study, best rates, spec), ``phase3/``, each with
+``metrics.jsonl/.csv``, loss and KD-weight PNGs and ``eval.json``; ``export/nano_b.onnx`` and
+``summary.json`` (parameters before / after pruning, held-out AP per phase, files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edge.errors import ConfigError
+from trainer.engine.checkpoint import seed_everything
+from trainer.pipeline.data import build_pipeline_data
+from trainer.pipeline.phases import export_student, phase1_distill, phase2_prune, phase3_finetune
+from trainer.pipeline.recipe import NanoBRecipe
+from trainer.pipeline.train import PhaseContext
+
+log = logging.getLogger(__name__)
+
+
+def load_teacher(recipe: NanoBRecipe, device: torch.device) -> torch.nn.Module | None:
+    """The V1 teacher in eval mode, or None (task loss only) when ``teacher.weights`` is empty."""
+    if not recipe.teacher.weights:
+        log.warning("no teacher weights configured: training without distillation")
+        return None
+    from trainer.models.v1 import load_v1_official
+
+    teacher = load_v1_official(recipe.teacher.weights, deformable=recipe.teacher.deformable).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def make_context(recipe: NanoBRecipe, out: str | Path | None = None, resume: bool = False) -> PhaseContext:
+    """Device, threads, seed, teacher and data for a run rooted at ``out`` (default ``run.out_dir``)."""
+    run = recipe.run
+    out_dir = Path(out) if out is not None else Path(run.out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise ConfigError(f"output folder {out_dir} is not empty: pass --resume to continue it, or another --out")
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    if run.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(run.device)
+    seed_everything(run.seed)
+    teacher = load_teacher(recipe, device)
+    data = build_pipeline_data(recipe, teacher)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from trainer.config import to_dict
+
+    (out_dir / "config.json").write_text(json.dumps(to_dict(recipe), indent=1) + "\n")
+    return PhaseContext(recipe, out_dir, device, teacher, data, resume)
+
+
+def run_nano_b(recipe: NanoBRecipe, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Phase 1 -> phase 2 -> phase 3 -> export; returns (and writes) the summary."""
+    start = time.perf_counter()
+    ctx = make_context(recipe, out, resume)
+    log.info("data: %s", ctx.data.describe())
+    p1 = phase1_distill(ctx)
+    p2 = phase2_prune(ctx, p1)
+    p3 = phase3_finetune(ctx, p2)
+    onnx_path = export_student(ctx, p3)
+    summary: dict[str, Any] = {
+        "data": ctx.data.describe(),
+        "val_events": list(recipe.split.val_events),
+        "val_scale": recipe.split.val_scale,
+        "files": {"phase1": str(p1), "phase2": str(p2), "phase3": str(p3), "onnx": str(onnx_path)},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    for name in ("phase1", "phase2", "phase3"):
+        path = ctx.out / name / "eval.json"
+        if path.is_file():
+            summary[name] = json.loads(path.read_text())
+    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return summary
+
+
+def with_overrides(recipe: NanoBRecipe, **tables: dict[str, Any]) -> NanoBRecipe:
+    """``recipe`` with some fields of some tables replaced (tests and smoke runs)."""
+    return dataclasses.replace(
+        recipe, **{k: dataclasses.replace(getattr(recipe, k), **v) for k, v in tables.items()}
+    )

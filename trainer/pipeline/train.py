@@ -1,0 +1,101 @@
+"""The training loop every phase runs: KD steps, logging, checkpoints, resume (nanoGPT style).
+
+``train_steps`` runs optimiser steps ``[start, steps)`` on a student. With an ``out`` folder it logs
+``metrics.jsonl/.csv`` every ``log_every`` steps, saves the full training state (student, KD weights,
+optimiser, schedule, RNG, any ``extra_state``) every ``ckpt_every`` steps and at the end, and on
+``resume`` continues from ``out/last.pt`` exactly where the killed run stopped. Without ``out`` it is
+the short, silent fine-tune of a pruning trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from trainer.engine.checkpoint import Checkpointer, restore
+from trainer.engine.log import JsonlLogger
+from trainer.engine.optim import build_optimizer, build_scheduler
+from trainer.engine.plots import plot_losses
+from trainer.pipeline.data import PipelineData, batch_stream
+from trainer.pipeline.loop import distill_step, make_losses
+from trainer.pipeline.recipe import NanoBRecipe
+
+StepHook = Callable[[int], dict[str, float] | None]  # called before optimiser step t (0-based)
+
+
+@dataclasses.dataclass
+class PhaseContext:
+    """What every phase needs: the recipe, the output root, the device, the teacher, the data."""
+
+    recipe: NanoBRecipe
+    out: Path
+    device: torch.device
+    teacher: nn.Module | None
+    data: PipelineData
+    resume: bool = False
+
+
+def train_steps(
+    ctx: PhaseContext,
+    student: nn.Module,
+    steps: int,
+    lr_scale: float = 1.0,
+    out: Path | None = None,
+    name: str = "train",
+    hook: StepHook | None = None,
+    extra_state: Callable[[], dict[str, Any]] | None = None,
+    load_extra: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, float]:
+    """Train ``student`` in place for ``steps`` optimiser steps; returns the last logged row."""
+    recipe, device = ctx.recipe, ctx.device
+    run = recipe.run
+    losses = make_losses(recipe, recipe.data.img_dim, device)
+    student.to(device)
+    trainable = nn.ModuleDict({"student": student, "kd": losses.kd})
+    optim_cfg = dataclasses.replace(recipe.optim, lr=recipe.optim.lr * lr_scale)
+    optimizer = build_optimizer(trainable, optim_cfg)
+    per_epoch = max(len(ctx.data.train) // recipe.data.batch_size, 1)  # type: ignore[arg-type]
+    scheduler = build_scheduler(optimizer, optim_cfg, steps, per_epoch)
+
+    start = 0
+    ckpt = Checkpointer(out) if out is not None else None
+    if ckpt is not None and ctx.resume and ckpt.last.is_file():
+        state = ckpt.load()
+        restore(state, trainable, optimizer, scheduler)
+        if load_extra is not None:
+            load_extra(state.get("extra", {}))
+        start = int(state["step"])
+    logger = JsonlLogger(out, resume_step=start if start else None) if out is not None else None
+
+    stream = batch_stream(ctx.data.train, recipe.data.batch_size, run.seed, start, recipe.data.num_workers)
+    row: dict[str, float] = {}
+    bar = tqdm(range(start, steps), desc=name, unit="step", disable=not (run.progress and out is not None))
+    for step in bar:
+        hooked = hook(step) if hook is not None else None
+        logs = distill_step(student, ctx.teacher, losses, optimizer, next(stream), device)
+        scheduler.step()
+        done = step + 1
+        if logger is not None and (done % run.log_every == 0 or done == steps):
+            row = {"step": done, "kind": "train", "lr": optimizer.param_groups[0]["lr"], **logs, **(hooked or {})}
+            logger.log(row)
+            bar.set_postfix(loss=f"{logs['loss']:.3f}")
+        if ckpt is not None and (done % run.ckpt_every == 0 or done == steps):
+            state = {
+                "step": done,
+                "model": trainable.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "extra": extra_state() if extra_state is not None else {},
+            }
+            ckpt.save(state)
+    if logger is not None and out is not None:
+        rows = logger.rows()
+        plot_losses(rows, out / "loss.png", keys=("loss", "task", "kd", "kd_cls", "kd_box", "kd_ldm"), title=name)
+        plot_losses(rows, out / "kd_weights.png", keys=("w_cls", "w_box", "w_ldm"), title=f"{name}: KD weights")
+    return row
