@@ -9,6 +9,16 @@ import pytest
 from edge.broker import EmbeddedBroker
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Two cores shared by torch, ONNX Runtime, OpenVINO and broker processes: torch's default
+    # intra-op pool spin-waits against the others and makes small steps 30-70x slower.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def mqtt_broker() -> Iterator[EmbeddedBroker]:
     """A broker shared by the session (mosquitto if on PATH, else amqtt); do not stop it in tests."""

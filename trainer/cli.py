@@ -46,7 +46,9 @@ def evaluate(
 
 @app.command()
 def v1(
-    config: Annotated[Path, typer.Option(help="Training config (TOML).")] = Path("trainer/configs/v1.toml"),
+    config: Annotated[
+        Path | None, typer.Option(help="Training config (TOML); default: the shipped v1.toml.")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="RetinaFace label.txt (sets data.label_file).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (overrides run.out_dir).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
@@ -54,10 +56,10 @@ def v1(
     """Train the V1 teacher with the MultiBox loss (DDP when launched by torchrun)."""
     import logging
 
-    from trainer.engine.v1 import load_v1_config, train_v1
+    from trainer.engine.v1 import DEFAULT_V1_CONFIG, load_v1_config, train_v1
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = train_v1(load_v1_config(config, data, out), resume=resume)
+    result = train_v1(load_v1_config(config or DEFAULT_V1_CONFIG, data, out), resume=resume)
     if result.final_weights is not None:
         typer.echo(f"trained {result.state.step} steps; weights: {result.final_weights}")
 
@@ -102,6 +104,40 @@ def export(
     typer.echo(f"parameters in the exported file: {result.meta.parameters:,}")
     for kind, path in result.files.items():
         typer.echo(f"{kind}: {path} ({path.stat().st_size / 1e6:.3f} MB)")
+
+
+@app.command()
+def info(
+    arch: Annotated[str, typer.Option(help="Registered model variant: nano_b or v1.")] = "nano_b",
+    config: Annotated[Path | None, typer.Option(help="Nano-B pipeline TOML: use its [model] table.")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="A Nano-B student file (pruned widths included).")
+    ] = None,
+    depth: Annotated[int, typer.Option(help="Module depth of the table (1 = top-level modules).")] = 1,
+) -> None:
+    """Per-module parameter table, total parameters and MACs at 320x240 and 640x480."""
+    from trainer.pipeline.info import build_for_info, model_info, print_info
+
+    model = build_for_info(arch, config, weights)
+    print_info(f"{weights or arch}", model_info(model, depth))
+
+
+@app.command("nano-b")
+def nano_b(
+    config: Annotated[Path, typer.Option(help="Pipeline TOML, e.g. trainer/configs/nano_b_cpu.toml.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: [run] out_dir).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run in the same folder.")] = False,
+) -> None:
+    """Nano-B: distill from V1, B-FPGM prune, fine-tune, export ONNX (three resumable phases)."""
+    import json
+    import logging
+
+    from trainer.pipeline.recipe import load_recipe
+    from trainer.pipeline.run import run_nano_b
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = run_nano_b(load_recipe(config), out, resume)
+    typer.echo(json.dumps(summary, indent=1, default=str))
 
 
 def main() -> None:

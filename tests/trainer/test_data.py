@@ -34,8 +34,9 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_label_txt_reads_boxes_landmarks_and_boxes_only(tmp_path: Path) -> None:
     _write_images(tmp_path / "images", ["a/1.jpg", "a/2.jpg"])
-    (tmp_path / "label.txt").write_text(f"# a/1.jpg\n{FACE}\n50 10 20 20 -1 -1 -1.0 " + "-1 " * 12 + "\n"
-                                        "# a/2.jpg\n5 6 7 8\n")
+    (tmp_path / "label.txt").write_text(
+        f"# a/1.jpg\n{FACE}\n50 10 20 20 -1 -1 -1.0 " + "-1 " * 12 + "\n# a/2.jpg\n5 6 7 8\n"
+    )
     samples = read_label_txt(tmp_path / "label.txt")
     assert [s.image.name for s in samples] == ["1.jpg", "2.jpg"]
     np.testing.assert_allclose(samples[0].boxes[0], [10, 20, 40, 60])
@@ -83,7 +84,7 @@ def test_empty_or_unusable_label_file_is_a_one_line_dataset_error(tmp_path: Path
 
 
 def test_missing_label_file_is_dataset_error(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="nope.txt"):
+    with pytest.raises(DatasetError, match=r"nope\.txt"):
         read_label_txt(tmp_path / "nope.txt")
     with pytest.raises(DatasetError, match="no training data configured"):
         build_dataset(DataConfig())
@@ -215,7 +216,7 @@ def test_pseudo_labels_keep_confident_detections(tmp_path: Path, caplog) -> None
     np.testing.assert_allclose(samples[0].boxes, [[10, 10, 40, 50], [60, 10, 100, 50]])  # clipped
     assert samples[0].has_landmarks.all()
     assert len(_warnings(caplog)) == 1 and "1 missing image" in _warnings(caplog)[0]
-    with pytest.raises(DatasetError, match="no face with score >= 0.99"):
+    with pytest.raises(DatasetError, match=r"no face with score >= 0\.99"):
         pseudo_label(sorted(tmp_path.glob("*.jpg")), detect, score_threshold=0.99)
 
 
@@ -252,3 +253,19 @@ def test_wider_val_dev_readers_agree() -> None:
     for m in from_mat:  # the .mat lists images in another order than the .txt
         np.testing.assert_allclose(m.boxes, by_image[m.image].boxes)
         assert not m.has_landmarks.any()
+
+
+@pytest.mark.shared
+def test_pseudo_labels_from_a_real_onnx_teacher_feed_the_dataset(tmp_path: Path) -> None:
+    teacher = need_shared("weights/peers/retinaface_mbnet0.25.onnx")
+    photos = need_shared("data/photos")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("1.jpg", "10.jpg"):
+        (folder / name).write_bytes((photos / name).read_bytes())
+    cfg = DataConfig(pseudo_images=str(folder), pseudo_teacher=str(teacher), pseudo_scale=320, img_dim=128)
+    ds = build_dataset(cfg)
+    assert len(ds) == 2
+    image, target = ds[0]
+    assert image.shape == (3, 128, 128) and len(target) >= 1
+    assert (target[:, 14] == 1).all()  # the RetinaFace teacher gives landmarks for every face

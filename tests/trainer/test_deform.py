@@ -72,9 +72,10 @@ def _naive(x, offset, weight, bias, stride, padding, dilation, mask) -> torch.Te
 
 
 CASES = [
-    # n, cin, cout, h, w, stride, padding, dilation, groups, offset groups (1: project-first path,
-    # 2: im2col path of the fallback)
+    # n, cin, cout, h, w, stride, padding, dilation, groups, offset groups; the first two take the
+    # fallback's project-first path, the others (widening, offset groups) its im2col path
     (2, 4, 3, 6, 7, 1, 1, 1, 1, 1),
+    (1, 4, 4, 5, 6, 1, 1, 1, 2, 1),
     (1, 4, 6, 7, 6, 2, 1, 1, 2, 1),
     (1, 4, 2, 6, 6, 1, 2, 2, 1, 2),
 ]
@@ -133,7 +134,7 @@ def test_fresh_module_is_its_regular_conv() -> None:
     torch.testing.assert_close(dcn.to_plain()(x), dcn.regular_conv(x))
 
 
-@pytest.mark.parametrize("offset_groups", [1, 2])  # the two code paths of the fallback
+@pytest.mark.parametrize("offset_groups", [1, 2])  # project-first and im2col paths
 def test_gradients_match_finite_differences(offset_groups: int) -> None:
     x, offset, weight, bias, stride, padding, dilation, mask = _random_case(
         (1, 2, 2, 3, 4, 1, 1, 1, 1, offset_groups), dtype=torch.float64, seed=5

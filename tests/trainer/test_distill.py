@@ -12,7 +12,11 @@ from trainer.loss.distill import DistillConfig, DistillLoss, FeatureDistill, kd_
 
 def _outputs(n: int = 2, a: int = 50, seed: int = 0, requires_grad: bool = False):
     g = torch.Generator().manual_seed(seed)
-    outs = (torch.randn(n, a, 4, generator=g), torch.randn(n, a, 2, generator=g) * 3, torch.randn(n, a, 10, generator=g))
+    outs = (
+        torch.randn(n, a, 4, generator=g),
+        torch.randn(n, a, 2, generator=g) * 3,
+        torch.randn(n, a, 10, generator=g),
+    )
     return tuple(t.requires_grad_(requires_grad) for t in outs)
 
 

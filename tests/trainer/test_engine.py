@@ -3,6 +3,7 @@ and the `featherface-train v1` command."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +46,8 @@ class TinyDetector(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1)
-        )
+        convs = [nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU()]
+        self.stem = nn.Sequential(*convs, nn.Conv2d(16, 16, 3, 2, 1))
         self.down = nn.ModuleList([nn.Conv2d(16, 16, 3, 2, 1), nn.Conv2d(16, 16, 3, 2, 1)])
         self.head = nn.Conv2d(16, 2 * 16, 1)
 
@@ -132,7 +132,7 @@ def test_config_loader_is_strict_and_names_file_table_key(tmp_path: Path) -> Non
     f.write_text("name = \n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(f, _Outer)
-    with pytest.raises(ConfigError, match="unknown key 'inner.nope'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'inner\.nope'"):
         override(from_dict(_Outer, {"name": "y"}), {"inner.nope": 1})
 
 
@@ -163,7 +163,8 @@ def test_warmup_then_cosine_and_step_decay() -> None:
             sched.step()
         assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
         if schedule == "cosine":
-            assert lrs[99] == pytest.approx(0.01, abs=1e-3) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+            assert lrs[99] == pytest.approx(0.01, abs=1e-3)
+            assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
         else:
             assert lrs[49] == 1.0 and lrs[50] == pytest.approx(0.1)
 
@@ -178,7 +179,8 @@ def test_jsonl_and_csv_logs_agree_and_resume_drops_later_rows(tmp_path: Path) ->
     resumed = JsonlLogger(tmp_path, resume_step=3)
     assert [r["step"] for r in resumed.rows()] == [1, 2, 3]
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 4
-    png = plot_losses([{"kind": "train", "step": s, "loss": 1 / s, "lr": 0.1} for s in range(1, 9)], tmp_path / "p.png")
+    rows = [{"kind": "train", "step": s, "loss": 1 / s, "lr": 0.1} for s in range(1, 9)]
+    png = plot_losses(rows, tmp_path / "p.png")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -200,7 +202,9 @@ def test_checkpointer_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
 
 def test_tiny_overfit_loss_falls_on_two_images(tmp_path: Path) -> None:
     label = make_images(tmp_path / "data", 2, repeat=10)  # 10 steps an epoch on the same two images
-    run = RunConfig(out_dir=str(tmp_path / "run"), epochs=2, seed=0, device="cpu", log_every=1, progress=False)
+    run = RunConfig(
+        out_dir=str(tmp_path / "run"), epochs=2, seed=0, device="cpu", log_every=1, progress=False
+    )
     optim = OptimConfig(name="adamw", lr=3e-3, weight_decay=0.0, warmup_epochs=0, schedule="constant")
     _, result = train(tmp_path, label, run, optim, crop=False, distort=False, mirror=False)
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
@@ -217,8 +221,15 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
     optim = OptimConfig(lr=1e-3, warmup_epochs=1, schedule="cosine")
 
     def run_cfg(out: str, max_steps: int) -> RunConfig:
-        return RunConfig(out_dir=str(tmp_path / out), epochs=3, max_steps=max_steps, seed=3, device="cpu",
-                         log_every=1, progress=False)
+        return RunConfig(
+            out_dir=str(tmp_path / out),
+            epochs=3,
+            max_steps=max_steps,
+            seed=3,
+            device="cpu",
+            log_every=1,
+            progress=False,
+        )
 
     straight, res = train(tmp_path, label, run_cfg("straight", 4), optim)
     assert res.state.step == 4
@@ -258,22 +269,28 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_cli_v1_trains_resumes_and_reports_bad_config(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_v1_trains_resumes_and_reports_bad_config(tmp_path: Path, monkeypatch, capsys, caplog) -> None:
     label = make_images(tmp_path / "data", 2)
     cfg = tmp_path / "v1.toml"
     text = (REPO / "trainer/configs/v1.toml").read_text()
-    text = text.replace('backbone_weights = "../shared/weights/mobilenetv1_0.25_imagenet.tar"', 'backbone_weights = ""')
+    imagenet = 'backbone_weights = "../shared/weights/mobilenetv1_0.25_imagenet.tar"'
+    text = text.replace(imagenet, 'backbone_weights = ""')
     text = text.replace("img_dim = 640", f"img_dim = {DIM}").replace("batch_size = 32", "batch_size = 2")
     text = text.replace("num_workers = 4", "num_workers = 0").replace('device = "auto"', 'device = "cpu"')
     text = text.replace("progress = true", "progress = false").replace("log_every = 20", "log_every = 1")
     cfg.write_text(text.replace("epochs = 250", "epochs = 1"))
     out = tmp_path / "run"
-    code, stdout, _ = _cli(monkeypatch, capsys, "v1", "--config", str(cfg), "--data", str(label), "--out", str(out))
+    args = ("v1", "--config", str(cfg), "--data", str(label), "--out", str(out))
+    code, stdout, _ = _cli(monkeypatch, capsys, *args)
     assert code == 0 and "trained 1 steps" in stdout
     cfg.write_text(text.replace("epochs = 250", "epochs = 2"))
-    code, stdout, _ = _cli(monkeypatch, capsys, "v1", "--config", str(cfg), "--data", str(label), "--out",
-                           str(out), "--resume")
+    code, stdout, _ = _cli(
+        monkeypatch, capsys, "v1", "--config", str(cfg), "--data", str(label), "--out", str(out), "--resume"
+    )
     assert code == 0 and "trained 2 steps" in stdout
+    assert "resuming with a changed config: run.epochs" in caplog.text
+    code, _, err = _cli(monkeypatch, capsys, *args)  # a fresh run must not overwrite this one
+    assert code == 2 and "already holds a training run" in err
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"] == [1, 2]
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["config"]["data"]["label_file"] == str(label) and ck["epoch"] == 2
@@ -284,6 +301,82 @@ def test_cli_v1_trains_resumes_and_reports_bad_config(tmp_path: Path, monkeypatc
     code, _, err = _cli(monkeypatch, capsys, "v1", "--config", str(cfg.with_name("absent.toml")))
     assert code == 2 and "config file not found" in err
     cfg.write_text(text)
-    code, _, err = _cli(monkeypatch, capsys, "v1", "--config", str(cfg), "--data", str(tmp_path / "none.txt"),
-                        "--out", str(tmp_path / "r2"))
+    code, _, err = _cli(
+        monkeypatch,
+        capsys,
+        "v1",
+        "--config",
+        str(cfg),
+        "--data",
+        str(tmp_path / "none.txt"),
+        "--out",
+        str(tmp_path / "r2"),
+    )
     assert code == 2 and "none.txt" in err and err.count("\n") == 1
+
+
+def _ddp_worker(rank: int, port: int, tmp: str, label: str) -> None:
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    from trainer.engine.ddp import cleanup, init_distributed
+
+    info = init_distributed("cpu")
+    try:
+        seed_everything(0)
+        data_cfg = DataConfig(label_file=label, img_dim=DIM, batch_size=2, num_workers=0)
+        dataset = build_dataset(data_cfg, seed=0)
+        model = TinyDetector()
+        loss = MultiBoxLoss(torch.from_numpy(prior_boxes(DIM, DIM)))
+        run = RunConfig(out_dir=tmp, epochs=1, seed=0, device="cpu", log_every=1, progress=False)
+        fit(model, dataset, multibox_step(loss), OptimConfig(), run, info, batch_size=2)
+        torch.save(model.state_dict(), Path(tmp) / f"rank{rank}.pt")
+    finally:
+        cleanup(info)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_stay_in_sync_and_only_rank0_writes(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    label = make_images(tmp_path / "data", 8)  # 8 images, 2 ranks x batch 2 -> 2 steps
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    mp.spawn(_ddp_worker, args=(port, str(out), str(label)), nprocs=2, join=True)
+    a, b = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # gradients were averaged across ranks
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2]  # one log, from rank 0, 2 steps of the sharded epoch
+    assert Checkpointer(out).load()["step"] == 2
+
+
+def test_aux_parameters_are_trained_saved_and_restored(tmp_path: Path) -> None:
+    label = make_images(tmp_path / "data", 4)
+    seed_everything(0)
+    dataset = build_dataset(DataConfig(label_file=str(label), img_dim=DIM, batch_size=2, num_workers=0))
+    loss = MultiBoxLoss(torch.from_numpy(prior_boxes(DIM, DIM)))
+    aux = nn.ParameterDict({"log_var": nn.Parameter(torch.zeros(()))})
+
+    def step(model, images, targets):  # uncertainty-weighted loss: the weight is learned
+        parts = loss(model(images), targets)
+        s = aux["log_var"]
+        return {"loss": torch.exp(-s) * parts.total + s, "log_var": s.detach()}
+
+    run = RunConfig(out_dir=str(tmp_path / "r"), epochs=1, device="cpu", progress=False, log_every=1)
+    fit(TinyDetector(), dataset, step, OptimConfig(lr=0.01), run, DistInfo(), batch_size=2, aux=aux)
+    trained = aux["log_var"].item()
+    assert trained > 0  # a large task loss pushes the log-variance up
+    saved = Checkpointer(tmp_path / "r").load()
+    assert float(saved["aux"]["log_var"]) == trained
+    fresh = nn.ParameterDict({"log_var": nn.Parameter(torch.zeros(()))})
+    run2 = RunConfig(out_dir=str(tmp_path / "r"), epochs=1, device="cpu", progress=False)
+    opt = OptimConfig(lr=0.01)
+    fit(TinyDetector(), dataset, step, opt, run2, DistInfo(), batch_size=2, aux=fresh, resume=True)
+    assert fresh["log_var"].item() == trained  # restored (the run was already complete: no more steps)

@@ -46,7 +46,15 @@ def test_registered_and_options_checked() -> None:
 
 @pytest.mark.parametrize(
     "off",
-    ["backbone_cbam", "post_cbam", "scale_decoupling", "semantic_enhancement", "assn", "ssh", "shuffle_block"],
+    [
+        "backbone_cbam",
+        "post_cbam",
+        "scale_decoupling",
+        "semantic_enhancement",
+        "assn",
+        "ssh",
+        "shuffle_block",
+    ],
 )
 def test_every_module_switches_off(off: str) -> None:
     full = count_parameters(NanoB())
@@ -126,7 +134,7 @@ def test_init_from_teacher_copies_most_tensors_and_keeps_cbam_function() -> None
     assert any(k.startswith("ssh.0.conv3X3") for k in report.sliced)
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
-        c3, c4, c5 = teacher.body(x)
+        _c3, _c4, c5 = teacher.body(x)
         assert torch.allclose(student.body(x)[2], c5)
         # Widened CBAM MLPs (reduction 8) compute exactly the teacher's reduction-16 gate.
         assert torch.allclose(student.backbone_cbam[2](c5), teacher.bacbkbone_2_cbam(c5), atol=1e-6)

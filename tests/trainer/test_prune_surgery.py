@@ -96,6 +96,7 @@ def test_param_count_drops_roughly_by_rate() -> None:
     assert count_params(harden(pruner, x).model) == after
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, on purpose
 def test_onnx_export_runs_in_onnxruntime(hardened, tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     model = hardened[0].model.eval()
@@ -141,6 +142,11 @@ def test_final_heads_and_shuffles_are_refused() -> None:
     sets = {s.root: s for s in analyse(net, x, groups).sets}
     assert sets["cls"].blocked == "reaches a model output"  # ... its outputs are never pruned
     assert sets["head_mid.0"].blocked is None
+    # A listed module the forward pass never uses (switched off by config) is reported, not fatal.
+    net.unused = nn.Conv2d(4, 4, 1)
+    groups["ssh"] = [*groups["ssh"], net.unused]
+    sets = {s.root: s for s in analyse(net, x, groups).sets}
+    assert sets["unused"].blocked == "not used in the forward pass"
 
 
 class _RealCBAMNet(nn.Module):

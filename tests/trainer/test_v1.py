@@ -9,6 +9,7 @@ import torch
 from edge.anchors import prior_boxes
 from edge.errors import ModelError
 from tests.shared_paths import need_shared
+from trainer.layers.mobilenet import MOBILENET_V1_025_WIDTHS, MobileNetV1, load_imagenet_backbone
 from trainer.layers.state import PROFILER_KEYS
 from trainer.models import build_model, count_parameters
 from trainer.models.v1 import (
@@ -141,3 +142,12 @@ def test_to_input_rejects_non_bgr() -> None:
         to_input(np.zeros((4, 4), dtype=np.uint8))
     x = to_input(np.full((2, 3, 3), 104, dtype=np.uint8))
     assert x.shape == (1, 3, 2, 3) and x[0, 0].abs().max() == 0 and x[0, 2].max() == -19
+
+
+def test_imagenet_backbone_loads_into_the_v1_body() -> None:
+    path = need_shared("weights/mobilenetv1_0.25_imagenet.tar")
+    body = load_imagenet_backbone(MobileNetV1(), path)
+    assert count_parameters(body) == 470_072 - (256 * 1000 + 1000)  # the file's count less the fc
+    assert body.state_dict().keys() == FeatherFaceV1().body.state_dict().keys()
+    with pytest.raises(ModelError, match="shape mismatch: stage1"):
+        load_imagenet_backbone(MobileNetV1(widths=[w * 2 for w in MOBILENET_V1_025_WIDTHS]), path)

@@ -23,7 +23,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from edge.errors import DatasetError
 from trainer.data.augment import EvalTransform, TrainTransform
 from trainer.data.labels import FaceSample, read_label_txt
-from trainer.data.pseudo import Detect, list_images, pseudo_label
+from trainer.data.pseudo import Detect, list_images, pseudo_label, teacher_detect
 from trainer.data.synthetic import load_face_crops, load_photos, make_scene
 from trainer.data.wider import read_wider
 
@@ -45,8 +45,10 @@ class DataConfig:
     background_photos: str = ""  # optional folder of photos, blurred into synthetic backgrounds
     synthetic_face_px: tuple[float, float] = (12.0, 256.0)  # face widths in scene pixels
     synthetic_faces: tuple[int, int] = (1, 12)  # faces per scene (min, max)
-    pseudo_images: str = ""  # folder labelled by a teacher (needs a `detect` callable)
-    pseudo_score: float = 0.8
+    pseudo_images: str = ""  # folder of unlabelled images, labelled by a teacher
+    pseudo_teacher: str = ""  # teacher model file (.pth checkpoint or .onnx), unless `detect` is given
+    pseudo_score: float = 0.8  # keep teacher detections at or above this score
+    pseudo_scale: int = 640  # the teacher sees images with the longer side resized to this
     img_dim: int = 640  # square training input size
     crop: bool = True
     distort: bool = True
@@ -173,8 +175,10 @@ def build_dataset(
     if cfg.wider_root:
         parts.append(FaceDataset(read_wider(cfg.wider_root), transform, seed))
     if cfg.pseudo_images:
+        if detect is None and cfg.pseudo_teacher:
+            detect = teacher_detect(cfg.pseudo_teacher, cfg.pseudo_scale)
         if detect is None:
-            raise DatasetError("data.pseudo_images is set but no teacher `detect` was given")
+            raise DatasetError("data.pseudo_images is set but neither data.pseudo_teacher nor `detect` is")
         samples = pseudo_label(list_images(cfg.pseudo_images), detect, cfg.pseudo_score)
         parts.append(FaceDataset(samples, transform, seed))
     if cfg.synthetic_scenes:

@@ -151,6 +151,8 @@ def read_label_txt(
     label_file = Path(label_file)
     try:
         lines = label_file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise DatasetError(f"label file not found: {label_file}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read label file {label_file}: {exc}") from exc
     skips = SkipCounter(label_file)

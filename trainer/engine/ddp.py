@@ -56,13 +56,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
-    """Move to the device; under DDP wrap it (BatchNorm synced across GPUs)."""
+    """Move to the device; under DDP wrap it (BatchNorm synced across GPUs; SyncBatchNorm has no
+    CPU kernel, so CPU/gloo runs keep per-process statistics)."""
     model = model.to(info.device)
     if not info.distributed:
         return model
+    if info.device.type != "cuda":
+        return nn.parallel.DistributedDataParallel(model)
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index])
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -9,6 +9,7 @@ CUDA up to non-deterministic kernels).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,8 @@ from trainer.engine.log import JsonlLogger
 from trainer.engine.loop import StepFn, TrainState, train_epoch
 from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,15 @@ def fit(
     config: dict[str, Any] | None = None,
     resume: bool | str | Path = False,
     extra_state: dict[str, Any] | None = None,
+    aux: nn.Module | None = None,
 ) -> FitResult:
-    """Train ``model`` on ``dataset`` with ``step_fn``; see the module doc. ``config`` is stored in
-    every checkpoint; ``resume`` is True (``out_dir/last.pt``) or a checkpoint path."""
+    """Train ``model`` on ``dataset`` with ``step_fn``; see the module doc.
+
+    ``config`` is stored in every checkpoint (and ``extra_state`` under ``extra``); ``resume`` is True
+    (``out_dir/last.pt``) or a checkpoint path; a fresh run refuses a folder that already holds one.
+    ``aux`` is a module with trainable parameters outside the model (e.g. learnable loss weights in
+    ``step_fn``): optimised alongside it, saved under ``aux`` and restored on resume.
+    """
     out = Path(run.out_dir)
     steps_per_epoch = batches_per_epoch(dataset, batch_size, info.world_size)
     if steps_per_epoch < 1:
@@ -81,14 +90,26 @@ def fit(
     total_steps = run.epochs * steps_per_epoch
 
     model = wrap_model(model, info)
-    optimizer = build_optimizer(unwrap(model), optim_cfg)
+    if aux is not None:
+        aux.to(info.device)
+        if info.distributed:  # DDP averages the model's gradients only; do the same for aux's
+            for p in aux.parameters():
+                p.register_hook(lambda g: _all_reduce_mean(g, info.world_size))
+    optimizer = build_optimizer(unwrap(model), optim_cfg, aux)
     scheduler = build_scheduler(optimizer, optim_cfg, total_steps, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp and info.device.type == "cuda")
     ckpt = Checkpointer(out, keep=run.keep_checkpoints)
     state = TrainState()
+    if not resume and ckpt.last.exists():
+        raise ConfigError(f"{out} already holds a training run (last.pt): use --resume or another --out")
     if resume:
         saved = ckpt.load(None if resume is True else resume, map_location=info.device)
         restore(saved, unwrap(model), optimizer, scheduler, scaler)
+        if aux is not None:
+            aux.load_state_dict(saved["aux"])
+        changed = _changed_keys(saved.get("config") or {}, config or {})
+        if changed and info.is_main:
+            log.warning("resuming with a changed config: %s", ", ".join(changed))
         state = TrainState(saved["epoch"], saved["step"], saved["step_in_epoch"], saved["epoch_sums"])
     logger = JsonlLogger(out, resume_step=state.step if resume else None) if info.is_main else None
 
@@ -106,6 +127,7 @@ def fit(
                     "epoch_sums": dict(state.epoch_sums),
                     "config": config or {},
                     "extra": extra_state or {},
+                    "aux": aux.state_dict() if aux is not None else {},
                 }
             )
         barrier(info)
@@ -124,7 +146,7 @@ def fit(
         if logger is not None:
             plot_losses(logger.rows(), out / "loss_curves.png")
 
-    stopped = False
+    stopped = bool(run.max_steps) and state.step >= run.max_steps  # resumed a finished run
     while state.epoch < run.epochs and not stopped:
         if state.step_in_epoch >= steps_per_epoch:  # nothing left of this epoch but its summary
             means = {k: v / state.step_in_epoch for k, v in state.epoch_sums.items()}
@@ -169,3 +191,21 @@ def fit(
         torch.save(unwrap(model).state_dict(), final)
     barrier(info)
     return FitResult(state, out, final)
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _all_reduce_mean(grad: torch.Tensor, world_size: int) -> torch.Tensor:
+    grad = grad.clone()
+    torch.distributed.all_reduce(grad)
+    return grad / world_size

@@ -40,8 +40,14 @@ class OptimConfig:
             raise ValueError(f"milestones are fractions of training in (0, 1), got {self.milestones}")
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD or AdamW over the trainable parameters; biases and norm weights get no weight decay."""
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, aux: nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters; biases and norm weights get no weight decay.
+
+    ``aux`` holds trainable parameters outside the model (e.g. learnable loss weights); they are
+    optimised in a third group, without weight decay.
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -50,6 +56,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if aux is not None:
+        groups.append({"params": [p for p in aux.parameters() if p.requires_grad], "weight_decay": 0.0})
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)

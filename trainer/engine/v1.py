@@ -24,6 +24,9 @@ from trainer.loss.multibox import LossConfig, MultiBoxLoss
 
 log = logging.getLogger(__name__)
 
+# The shipped recipe, found beside the package (so the command works from any directory).
+DEFAULT_V1_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "v1.toml"
+
 
 @dataclass(frozen=True)
 class ModelConfig:

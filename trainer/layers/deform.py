@@ -2,8 +2,11 @@
 
 :func:`deform_conv2d` has the signature and the semantics of ``torchvision.ops.deform_conv2d`` and
 uses it when torchvision imports; otherwise (the usual case beside a CPU-only torch wheel)
-:func:`deform_conv2d_torch` runs: a vectorised gather of the four bilinear neighbours that follows
-torchvision's arithmetic, so both agree to float rounding.
+:func:`deform_conv2d_torch` runs: a vectorised gather of the four bilinear neighbours by index,
+with torchvision's sample positions and zero-outside rule, so both agree to float rounding (unlike
+``grid_sample``, whose coordinate normalisation adds its own rounding). When the conv does not widen
+the channels it projects first (``W_k · x`` per kernel point k, then samples those ``out_c`` planes):
+sampling is linear, so this is the same sum with fewer values to gather.
 
 Conventions (torchvision's):
 - ``offset`` is ``(N, 2*G_off*kh*kw, Ho, Wo)``; within an offset group, kernel point
@@ -111,7 +114,7 @@ def deform_conv2d_torch(
         raise ValueError(f"deform_conv2d: offset is {tuple(offset.shape[-2:])}, output is {(ho, wo)}")
     taps = _bilinear_taps(offset, mask, (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
 
-    if og == 1:
+    if og == 1 and out_c <= c:
         # Sampling is linear and its positions are shared by all channels, so project first:
         # z[o, k] = sum_c W[o, c, k] * x[c] (a 1x1 conv, grouped like the weight), then sample plane
         # z[o, k] at kernel point k's positions. This moves out_c * k values per tap instead of c * k.
@@ -125,8 +128,8 @@ def deform_conv2d_torch(
             out = out + (sampled * wt.view(n, 1, k, p)).sum(2)
         out = out.view(n, out_c, ho, wo)
     else:
-        # Offset groups: channels of group j follow offset group j; sample the inputs (im2col),
-        # then one matmul per weight group.
+        # im2col: sample the inputs (channels of group j follow offset group j), then one matmul
+        # per weight group. Cheaper than projecting first when the conv widens the channels.
         cg = c // og
         flat = input.reshape(n, og, cg, h * w)
         cols = input.new_zeros(())

@@ -59,7 +59,9 @@ class DistillConfig:
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (loc (N,A,4), conf logits (N,A,2), ldm (N,A,10))
 
 
-def kd_class_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_class_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """KL(teacher_T || student_T) summed over classes, mean over anchors (and images), times T²."""
     t = temperature
     log_p_s = F.log_softmax(student_logits / t, dim=-1)

@@ -52,8 +52,10 @@ class InitReport:
         return sum(self.numel[k] for k in getattr(self, kind))
 
     def summary(self) -> str:
-        parts = [f"{kind} {len(getattr(self, kind))} tensors / {self.params(kind):,} values" for kind in
-                 ("copied", "sliced", "fresh")]
+        parts = [
+            f"{kind} {len(getattr(self, kind))} tensors / {self.params(kind):,} values"
+            for kind in ("copied", "sliced", "fresh")
+        ]
         return f"init from {self.source}: " + ", ".join(parts)
 
 

@@ -57,7 +57,7 @@ class NanoBConfig:
     post_cbam: bool = True  # CBAM on P4 / P5 after the BiFPN (P3 has ASSN instead)
     scale_decoupling: bool = True
     scale_decoupling_mid: int = 16
-    bifpn_cells: int = 2  # 0: a plain 1x1 projection per level instead
+    bifpn_cells: int = 3  # as V1, so every cell is copied from the teacher; 0: a 1x1 projection per level
     semantic_enhancement: bool = True
     semantic_mid: int = 16
     assn: bool = True
@@ -105,7 +105,9 @@ class NanoB(nn.Module):
         self.body = MobileNetV1(cfg.backbone_widths)
         c3, c4, c5 = self.body.out_channels
 
-        self.scale_decoupling = ScaleDecoupling(c3, c4, cfg.scale_decoupling_mid) if cfg.scale_decoupling else None
+        self.scale_decoupling = (
+            ScaleDecoupling(c3, c4, cfg.scale_decoupling_mid) if cfg.scale_decoupling else None
+        )
         self.backbone_cbam = (
             nn.ModuleList(CBAM(c, cfg.cbam_reduction, residual=True) for c in (c3, c4, c5))
             if cfg.backbone_cbam
@@ -128,7 +130,9 @@ class NanoB(nn.Module):
             else None
         )
         self.ssh = (
-            nn.ModuleList(SSH(ch, ch, conv="plain", groups=cfg.ssh_groups) for _ in range(3)) if cfg.ssh else None
+            nn.ModuleList(SSH(ch, ch, conv="plain", groups=cfg.ssh_groups) for _ in range(3))
+            if cfg.ssh
+            else None
         )
         self.ssh_cs = nn.ModuleList(self._shuffle_block(ch) for _ in range(3)) if cfg.shuffle_block else None
         self.ClassHead = make_heads(ClassHead, ch, 3, cfg.num_anchors)
@@ -211,7 +215,8 @@ class _Projection(nn.Module):
     def __init__(self, in_channels: tuple[int, int, int], channels: int) -> None:
         super().__init__()
         self.proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.BatchNorm2d(channels)) for c in in_channels
+            nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.BatchNorm2d(channels))
+            for c in in_channels
         )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -229,7 +234,7 @@ def _dense_convs(module: nn.Module) -> list[nn.Conv2d]:
 
 @register("nano_b")
 def build_nano_b(**options: Any) -> NanoB:
-    """Registry builder: ``build_model("nano_b", ssh=False, ...)``; options are :class:`NanoBConfig` fields."""
+    """Registry builder: ``build_model("nano_b", ssh=False)``; options are :class:`NanoBConfig` fields."""
     return NanoB(NanoBConfig.from_options(options))
 
 

@@ -20,7 +20,7 @@ from edge.errors import DatasetError
 from trainer.data.augment import EvalTransform, TrainTransform
 from trainer.data.dataset import EpochConcat, FaceDataset, batches_per_epoch, build_dataset, build_loader
 from trainer.data.labels import FaceSample
-from trainer.data.wider import find_wider_images, read_wider
+from trainer.data.wider import read_wider
 from trainer.eval.widerface import WiderGroundTruth, load_ground_truth, locate_wider_val
 from trainer.pipeline.recipe import NanoBRecipe
 
@@ -33,7 +33,9 @@ def event_number(event: str) -> int:
     return int(head)
 
 
-def split_wider(samples: list[FaceSample], val_events: tuple[int, ...]) -> tuple[list[FaceSample], list[FaceSample]]:
+def split_wider(
+    samples: list[FaceSample], val_events: tuple[int, ...]
+) -> tuple[list[FaceSample], list[FaceSample]]:
     """``(train, val)``: samples whose event folder number is in ``val_events`` go to val only."""
     train, val = [], []
     for s in samples:
@@ -86,7 +88,9 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
         train_s, val_s = split_wider(read_wider(cfg.wider_root), split.val_events)
         train_n, val_n = len(train_s), len(val_s)
         if train_s:
-            parts.append(FaceDataset(train_s, TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror), seed))
+            parts.append(
+                FaceDataset(train_s, TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror), seed)
+            )
         if val_s:
             val_ds = FaceDataset(val_s, EvalTransform(cfg.img_dim), seed)
             images_dir, gt_dir = locate_wider_val(cfg.wider_root)
@@ -98,7 +102,9 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
         detect = teacher_detector(teacher) if (others.pseudo_images and teacher is not None) else None
         parts.append(build_dataset(others, seed=seed, detect=detect, train=True))
     if not parts:
-        raise DatasetError("no training data: set data.wider_root, label_file, synthetic_scenes or pseudo_images")
+        raise DatasetError(
+            "no training data: set data.wider_root, label_file, synthetic_scenes or pseudo_images"
+        )
     return PipelineData(EpochConcat(parts), val_ds, val_gt, images_dir, train_n, val_n)
 
 

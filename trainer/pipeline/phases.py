@@ -21,7 +21,15 @@ import torch
 
 from trainer.models.init_from_teacher import init_backbone_imagenet, init_from_teacher
 from trainer.models.nano_b import NanoB
-from trainer.pipeline.loop import load_student, save_student, validation_ap, validation_loss
+from trainer.pipeline.data import batch_stream
+from trainer.pipeline.loop import (
+    load_student,
+    make_losses,
+    recalibrate_bn,
+    save_student,
+    validation_ap,
+    validation_loss,
+)
 from trainer.pipeline.train import PhaseContext, train_steps
 from trainer.prune.groups import model_groups
 from trainer.prune.search import MIN_TRIALS, SearchConfig, load_best_rates, run_search
@@ -33,13 +41,17 @@ log = logging.getLogger(__name__)
 
 def evaluate_student(ctx: PhaseContext, model: torch.nn.Module) -> dict[str, float]:
     """Held-out AP (easy / medium / hard at ``split.val_scale``), validation loss and parameters."""
-    from trainer.pipeline.loop import make_losses
-
     losses = make_losses(ctx.recipe, ctx.recipe.data.img_dim, ctx.device)
     row: dict[str, float] = {"params": float(count_params(model))}
     row["val_loss"] = validation_loss(model, ctx.data, losses, ctx.device, ctx.recipe.data.batch_size)
     row.update(validation_ap(model, ctx.data, ctx.recipe.split.val_scale))
     return row
+
+
+def _recalibrate(ctx: PhaseContext, model: torch.nn.Module) -> None:
+    """BN statistics re-estimated on training batches (a separate seed stream, no weight change)."""
+    batches = batch_stream(ctx.data.train, ctx.recipe.data.batch_size, ctx.recipe.run.seed + 1)
+    recalibrate_bn(model.to(ctx.device), batches, ctx.recipe.run.bn_recalibration, ctx.device)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -65,8 +77,17 @@ def phase1_distill(ctx: PhaseContext) -> Path:
     else:
         report = init_backbone_imagenet(student, recipe.teacher.imagenet_backbone)
     log.info(report.summary())
-    _write_json(out / "init_report.json", {"summary": report.summary(), "copied": report.copied,
-                                            "sliced": report.sliced, "fresh": report.fresh})
+    _write_json(
+        out / "init_report.json",
+        {
+            "summary": report.summary(),
+            "copied": report.copied,
+            "sliced": report.sliced,
+            "fresh": report.fresh,
+        },
+    )
+    if not (ctx.resume and (out / "last.pt").is_file()):
+        _recalibrate(ctx, student)
 
     train_steps(ctx, student, recipe.phase1.steps, recipe.phase1.lr_scale, out, "phase 1: distill")
     metrics = evaluate_student(ctx, student)
@@ -97,11 +118,15 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
     def objective(rates: dict[str, float]) -> float:
         trial = copy.deepcopy(student)
         remove_channels(trial, plan.select(trial, rates), example)
+        _recalibrate(ctx, trial)
         train_steps(ctx, trial, pcfg.recovery_steps, pcfg.lr_scale)
-        metrics = evaluate_student(ctx, trial)
-        aps = [v for k, v in metrics.items() if k.startswith("ap_")]
-        # Lower is better: minus mean AP on the held-out events, else their validation loss.
-        return -sum(aps) / len(aps) if aps else metrics["val_loss"]
+        # Lower is better: the held-out MultiBox loss, or minus the mean held-out AP.
+        if pcfg.score == "ap":
+            aps = list(validation_ap(trial, ctx.data, recipe.split.val_scale).values())
+            if aps:
+                return -sum(aps) / len(aps)
+        losses = make_losses(recipe, recipe.data.img_dim, ctx.device)
+        return validation_loss(trial, ctx.data, losses, ctx.device, recipe.data.batch_size)
 
     search_dir = out / "search"
     if not (search_dir / "best_rates.json").is_file():
@@ -125,8 +150,15 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
             pruner.load_state_dict(extra)
 
     train_steps(
-        ctx, student, pcfg.soft_steps, pcfg.lr_scale, out, "phase 2: soft prune", hook,
-        extra_state=pruner.state_dict, load_extra=load_pruner,
+        ctx,
+        student,
+        pcfg.soft_steps,
+        pcfg.lr_scale,
+        out,
+        "phase 2: soft prune",
+        hook,
+        extra_state=pruner.state_dict,
+        load_extra=load_pruner,
     )
 
     # 3. Physical removal of the filters zeroed at the final rates: the network really shrinks.
@@ -134,6 +166,7 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
     params_before = count_params(student)
     remove_channels(student, selection, example)
     spec = prune_spec(student, selection, example, rates, params_before)
+    _recalibrate(ctx, student)
     metrics = evaluate_student(ctx, student)
     _write_json(out / "eval.json", {**metrics, "params_before": params_before, "rates": rates})
     save_student(final, student, spec, extra={"eval": metrics})
@@ -143,12 +176,15 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
 def _search_config(recipe: Any) -> SearchConfig:
     pcfg = recipe.prune
     n = max(pcfg.trials, MIN_TRIALS)
-    cfg = SearchConfig(n_trials=n, param_range=tuple(pcfg.target_params), penalty_weight=pcfg.penalty,
-                       seed=recipe.run.seed)
+    cfg = SearchConfig(
+        n_trials=n, param_range=tuple(pcfg.target_params), penalty_weight=pcfg.penalty, seed=recipe.run.seed
+    )
     if pcfg.trials < MIN_TRIALS:
         # Smoke runs only: the GP needs >= 15 trials, so fewer means the sampler's random start-up
         # trials; the real recipes use 15-25. Bypasses SearchConfig's own check on purpose.
-        log.warning("pruning search with %d trials (< %d): random start-up trials only", pcfg.trials, MIN_TRIALS)
+        log.warning(
+            "pruning search with %d trials (< %d): random start-up trials only", pcfg.trials, MIN_TRIALS
+        )
         object.__setattr__(cfg, "n_trials", pcfg.trials)
     return cfg
 
@@ -178,7 +214,11 @@ def export_student(ctx: PhaseContext, student_file: Path) -> Path:
     student, spec = load_student(student_file)
     w, h = ctx.recipe.run.export_size
     rates = (spec or {}).get("rates", {})
-    provenance = {"teacher": ctx.recipe.teacher.weights, "phases": ["distill", "b-fpgm", "finetune"],
-                  "data": ctx.data.describe(), "pruning_rates": rates}
+    provenance = {
+        "teacher": ctx.recipe.teacher.weights,
+        "phases": ["distill", "b-fpgm", "finetune"],
+        "data": ctx.data.describe(),
+        "pruning_rates": rates,
+    }
     result = export_model(student, ctx.out / "export", "nano_b", width=w, height=h, provenance=provenance)
     return result.files["onnx"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from trainer.config import load_config
 from trainer.data.dataset import DataConfig
@@ -29,6 +30,8 @@ class RunConfig:
     log_every: int = 10  # optimiser steps between metric rows
     ckpt_every: int = 100  # optimiser steps between checkpoints
     export_size: tuple[int, int] = (320, 240)  # (W, H) of the final ONNX export
+    export: bool = True  # write export/nano_b.onnx (with the DESIGN §1 metadata) at the end
+    bn_recalibration: int = 8  # batches that re-estimate BN statistics after teacher init and after removal
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,9 @@ class TeacherConfig:
     weights: str = "../shared/weights/featherface_v1_official.pth"  # V1, WIDER-trained
     deformable: bool = True  # the real teacher; False runs plain convs (faster, slightly different)
     init_student: bool = True  # copy / slice the teacher's tensors into Nano-B (init_from_teacher)
-    imagenet_backbone: str = "../shared/weights/mobilenetv1_0.25_imagenet.tar"  # used when init_student is off
+    imagenet_backbone: str = (
+        "../shared/weights/mobilenetv1_0.25_imagenet.tar"  # used when init_student is off
+    )
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,10 @@ class PruneConfig:
 
     target_params: tuple[int, int] = (120_000, 180_000)
     trials: int = 25  # DESIGN: default 25, at least 15
-    startup_trials: int = 5  # random trials before the GP surrogate takes over
     recovery_steps: int = 30  # short KD fine-tune of each trial before it is scored
     lr_scale: float = 0.3  # x optim.lr for the trial recovery and the soft-pruning steps
-    penalty: float = 2.0  # score penalty per unit of relative distance outside target_params
+    score: Literal["loss", "ap"] = "loss"  # trial score on the held-out events (AP is slower on a CPU)
+    penalty: float = 10.0  # score penalty per unit of relative distance outside target_params
     soft_steps: int = 400  # training steps under soft pruning with the chosen rates
     soft_boundaries: int = 8  # FPGM re-rank-and-zero points spread over soft_steps
     power: float = 3.0  # polynomial schedule exponent
@@ -77,7 +82,9 @@ class PruneConfig:
     def __post_init__(self) -> None:
         lo, hi = self.target_params
         if not 0 < lo <= hi:
-            raise ValueError(f"target_params must be (low, high) with 0 < low <= high, got {self.target_params}")
+            raise ValueError(
+                f"target_params must be (low, high) with 0 < low <= high, got {self.target_params}"
+            )
         if self.trials < 1 or self.soft_boundaries < 1:
             raise ValueError("trials and soft_boundaries must be >= 1")
 

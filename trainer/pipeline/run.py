@@ -47,7 +47,9 @@ def make_context(recipe: NanoBRecipe, out: str | Path | None = None, resume: boo
     run = recipe.run
     out_dir = Path(out) if out is not None else Path(run.out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise ConfigError(f"output folder {out_dir} is not empty: pass --resume to continue it, or another --out")
+        raise ConfigError(
+            f"output folder {out_dir} is not empty: pass --resume to continue it, or another --out"
+        )
     if run.threads:
         torch.set_num_threads(run.threads)
     if run.device == "auto":
@@ -72,12 +74,17 @@ def run_nano_b(recipe: NanoBRecipe, out: str | Path | None = None, resume: bool 
     p1 = phase1_distill(ctx)
     p2 = phase2_prune(ctx, p1)
     p3 = phase3_finetune(ctx, p2)
-    onnx_path = export_student(ctx, p3)
+    onnx_path = export_student(ctx, p3) if recipe.run.export else None
     summary: dict[str, Any] = {
         "data": ctx.data.describe(),
         "val_events": list(recipe.split.val_events),
         "val_scale": recipe.split.val_scale,
-        "files": {"phase1": str(p1), "phase2": str(p2), "phase3": str(p3), "onnx": str(onnx_path)},
+        "files": {
+            "phase1": str(p1),
+            "phase2": str(p2),
+            "phase3": str(p3),
+            "onnx": str(onnx_path) if onnx_path else None,
+        },
         "seconds": round(time.perf_counter() - start, 1),
     }
     for name in ("phase1", "phase2", "phase3"):

@@ -82,7 +82,13 @@ def train_steps(
         scheduler.step()
         done = step + 1
         if logger is not None and (done % run.log_every == 0 or done == steps):
-            row = {"step": done, "kind": "train", "lr": optimizer.param_groups[0]["lr"], **logs, **(hooked or {})}
+            row = {
+                "step": done,
+                "kind": "train",
+                "lr": optimizer.param_groups[0]["lr"],
+                **logs,
+                **(hooked or {}),
+            }
             logger.log(row)
             bar.set_postfix(loss=f"{logs['loss']:.3f}")
         if ckpt is not None and (done % run.ckpt_every == 0 or done == steps):
@@ -96,6 +102,10 @@ def train_steps(
             ckpt.save(state)
     if logger is not None and out is not None:
         rows = logger.rows()
-        plot_losses(rows, out / "loss.png", keys=("loss", "task", "kd", "kd_cls", "kd_box", "kd_ldm"), title=name)
-        plot_losses(rows, out / "kd_weights.png", keys=("w_cls", "w_box", "w_ldm"), title=f"{name}: KD weights")
+        plot_losses(
+            rows, out / "loss.png", keys=("loss", "task", "kd", "kd_cls", "kd_box", "kd_ldm"), title=name
+        )
+        plot_losses(
+            rows, out / "kd_weights.png", keys=("w_cls", "w_box", "w_ldm"), title=f"{name}: KD weights"
+        )
     return row

@@ -76,10 +76,11 @@ def aggregate_scores(parts: Sequence[tuple[torch.Tensor, Sequence[int]]], n: int
     for scores, idxs in parts:
         if scores.numel() == 0:
             continue
+        scores = scores.detach().float().cpu()  # the tally lives on the CPU whatever the model's device
         mean = scores.mean()
         norm = scores / mean if mean > 0 else torch.zeros_like(scores)
         index = torch.as_tensor(list(idxs), dtype=torch.long)
-        total.index_add_(0, index, norm.float())
+        total.index_add_(0, index, norm)
         count.index_add_(0, index, torch.ones(index.numel()))
     out = total / count.clamp(min=1)
     out[count == 0] = float("inf")

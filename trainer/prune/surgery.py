@@ -121,6 +121,9 @@ def _lowest(scores: torch.Tensor, k: int, chunks: int) -> list[int]:
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
     """Trace ``model`` (in eval mode, so BN statistics are untouched) and correct the couplings."""
+    param = next(model.parameters(), None)
+    if param is not None and isinstance(example_inputs, torch.Tensor):
+        example_inputs = example_inputs.to(param.device)  # a CPU probe for a model on the GPU is fine
     was_training = model.training
     model.eval()
     try:
@@ -216,6 +219,9 @@ def analyse(model: nn.Module, example_inputs: torch.Tensor, groups: PruneGroups)
             continue
         fn = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
         n = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        if root not in graph.module2node:  # listed but switched off by config: nothing to prune
+            plan.sets.append(CoupledSet(root_name, n, [], (), 1, "not used in the forward pass"))
+            continue
         group = graph.get_pruning_group(root, fn, list(range(n)))
         members: list[Member] = []
         in_groups: set[str] = set()
@@ -228,7 +234,9 @@ def analyse(model: nn.Module, example_inputs: torch.Tensor, groups: PruneGroups)
             # "reaches a model output" wins: it is the reason a reader expects for the heads.
             if reason and (blocked is None or reason == "reaches a model output"):
                 blocked = reason
-            if isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels:
+            if isinstance(module, nn.Conv2d) and module.groups == module.in_channels != module.out_channels:
+                blocked = blocked or f"depthwise conv {mname} with a channel multiplier"
+            elif isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels:
                 # A grouped (not depthwise) conv: its channel halves must shrink alike.
                 if idxs != root_idxs or len(idxs) != n:
                     blocked = blocked or f"grouped conv {mname} behind a concatenation"
@@ -274,6 +282,15 @@ def remove_channels(
 def count_params(model: nn.Module) -> int:
     """Sum of parameter tensor sizes (BN included; the export folds BN, see docs/pruning.md)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def folded_param_count(model: nn.Module) -> int:
+    """The parameter count once every BN is folded into the conv before it, as the ONNX export does:
+    each BN's 2C affine parameters become the conv's C biases. Equals :func:`onnx_param_count` for a
+    trained model whose BNs follow bias-free convs (the exporter also merges identical initializers,
+    which only an untrained model — all-zero folded biases — has)."""
+    bn = sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    return count_params(model) - bn
 
 
 def onnx_param_count(model: nn.Module, example_inputs: torch.Tensor) -> int:
@@ -359,7 +376,8 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> nn.Module:
     Re-runs the same surgery with the recorded selection, then checks every width against the spec, so
     a spec from another builder fails loudly. Load the pruned weights afterwards with ``strict=True``.
     """
-    example = torch.zeros(*spec["input_shape"])
+    device = next(model.parameters()).device
+    example = torch.zeros(*spec["input_shape"], device=device)
     remove_channels(model, spec["removed"], example)
     got = widths(model)
     for name, want in spec["widths"].items():
@@ -377,8 +395,9 @@ def dry_run_params(
 
 
 class ParamCounter:
-    """``rates -> parameter count after pruning``, by dry-run surgery on a copy (about one trace);
-    with ``exported=True`` the count of the exported ONNX file (BN folded), which DESIGN §2 targets.
+    """``rates -> parameter count of the exported file after pruning`` (DESIGN §2 counts the export),
+    by dry-run surgery on a copy (about one trace) and :func:`folded_param_count`; with
+    ``exported=True`` by a real in-memory ONNX export (exact for any model, several times slower).
 
     Picklable (the traced plan is rebuilt lazily in each process), so it can be handed to spawned
     search workers.
@@ -388,7 +407,7 @@ class ParamCounter:
         self, model: nn.Module, groups: PruneGroups, example_inputs: torch.Tensor, exported: bool = False
     ) -> None:
         self.model = copy.deepcopy(model).eval()
-        self.exported = exported  # count as DESIGN §2 does (ONNX initializers), at ~one export per call
+        self.exported = exported  # count the real ONNX export (slow) instead of the folded estimate
         names = {id(m): n for n, m in model.named_modules()}
         # Store the groups by module name: module objects of the original would not survive pickling.
         self.group_names = {g: [names[id(m)] for m in ms] for g, ms in groups.items()}
@@ -403,8 +422,6 @@ class ParamCounter:
             modules = dict(self.model.named_modules())
             groups = {g: [modules[n] for n in ns] for g, ns in self.group_names.items()}
             self._plan = analyse(self.model, self.example_inputs, groups)
-        if not self.exported:
-            return dry_run_params(self.model, self._plan, rates, self.example_inputs)
         clone = copy.deepcopy(self.model)
         remove_channels(clone, self._plan.select(clone, rates), self.example_inputs)
-        return onnx_param_count(clone, self.example_inputs)
+        return onnx_param_count(clone, self.example_inputs) if self.exported else folded_param_count(clone)

@@ -1,0 +1,167 @@
+"""The Nano-B pipeline: event split, configs, student files, BN recalibration, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge.anchors import prior_boxes
+from edge.errors import ConfigError
+from tests.shared_paths import need_shared
+from trainer.models.nano_b import NanoB
+from trainer.pipeline.data import event_number, split_wider
+from trainer.pipeline.loop import load_student, recalibrate_bn, save_student
+from trainer.pipeline.recipe import load_recipe
+
+CONFIGS = Path(__file__).resolve().parents[2] / "trainer" / "configs"
+
+
+@pytest.mark.parametrize("name", ["nano_b_cpu.toml", "nano_b_gpu.toml"])
+def test_shipped_configs_load(name: str) -> None:
+    recipe = load_recipe(CONFIGS / name)
+    assert recipe.distill.alpha == 0.7 and recipe.distill.temperature == 4.0
+    assert recipe.prune.trials >= 15
+    assert recipe.phase3.lr_scale < 1.0  # fine-tuning at a reduced rate
+
+
+def test_config_unknown_key_names_table(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[prune]\ntrails = 3\n")
+    with pytest.raises(ConfigError, match="trails"):
+        load_recipe(bad)
+
+
+def test_event_split_is_disjoint_and_holds_out_events() -> None:
+    root = need_shared("data/wider-val-dev")
+    from trainer.data.wider import read_wider
+
+    samples = read_wider(root)
+    train, val = split_wider(samples, (0, 3, 9))
+    events = lambda ss: {event_number(Path(s.image).parent.name) for s in ss}  # noqa: E731
+    assert events(val) == {0, 3, 9} and not events(train) & {0, 3, 9}
+    assert len(train) + len(val) == len(samples) and {s.image for s in train}.isdisjoint(s.image for s in val)
+    assert event_number("12--Group") == 12
+
+
+def test_recalibrate_bn_changes_statistics_not_weights() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    weights = [p.detach().clone() for p in net.parameters()]
+    batches = iter([(torch.randn(2, 3, 8, 8) * 5 + 3, [])] * 3)
+    recalibrate_bn(net, batches, 3, torch.device("cpu"))
+    assert not torch.allclose(net[1].running_var, torch.ones(4))
+    assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters(), strict=True))
+    assert net[1].momentum == 0.1 and not net.training
+
+
+def test_pruned_student_file_round_trip(tmp_path: Path) -> None:
+    from trainer.prune.groups import model_groups
+    from trainer.prune.surgery import analyse, prune_spec, remove_channels
+
+    torch.manual_seed(0)
+    model = NanoB().eval()
+    example = torch.zeros(1, 3, 64, 64)
+    plan = analyse(model, example, model_groups(model))
+    rates = {"backbone_early": 0.2, "backbone_late": 0.5, "cbam": 0.3, "bifpn": 0.3, "ssh": 0.3, "heads": 0.2}
+    selection = plan.select(model, rates)
+    before = sum(p.numel() for p in model.parameters())
+    remove_channels(model, selection, example)
+    spec = prune_spec(model, selection, example, rates, before)
+    path = save_student(tmp_path / "s.pt", model, spec)
+    loaded, loaded_spec = load_student(path)
+    assert loaded_spec == spec and sum(p.numel() for p in loaded.parameters()) < before
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model.eval()(x), loaded(x), strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_whole_pipeline_tiny(tmp_path: Path) -> None:
+    """Distill -> search (2 trials) -> soft prune -> removal -> fine-tune at 64 px, then ONNX + reload."""
+    need_shared("weights/featherface_v1_official.pth")
+    need_shared("data/wider-val-dev")
+    from trainer.pipeline.run import run_nano_b
+
+    recipe = load_recipe(CONFIGS / "nano_b_cpu.toml")
+    tiny = {
+        "run": {
+            "out_dir": str(tmp_path / "run"),
+            "threads": 2,
+            "log_every": 1,
+            "ckpt_every": 1,
+            "progress": False,
+            "export": False,
+            "bn_recalibration": 1,
+        },
+        "teacher": {"deformable": False},
+        "data": {
+            "synthetic_scenes": 0,
+            "pseudo_images": "",
+            "img_dim": 64,
+            "batch_size": 2,
+            "num_workers": 0,
+        },
+        "split": {"val_scale": 96, "val_limit": 2},
+        "phase1": {"steps": 2},
+        "prune": {"trials": 2, "recovery_steps": 1, "soft_steps": 2, "soft_boundaries": 2, "trace_size": 64},
+        "phase3": {"steps": 1},
+    }
+    recipe = dataclasses.replace(
+        recipe, **{k: dataclasses.replace(getattr(recipe, k), **v) for k, v in tiny.items()}
+    )
+    start = time.perf_counter()
+    summary = run_nano_b(recipe)
+    out = tmp_path / "run"
+    assert summary["phase2"]["params"] < summary["phase2"]["params_before"]
+    assert (out / "phase2" / "search" / "best_rates.json").is_file()
+    for phase in ("phase1", "phase2", "phase3"):
+        assert (out / phase / "metrics.jsonl").is_file() and (out / phase / "loss.png").is_file()
+    student, spec = load_student(out / "phase3" / "student.pt")
+    assert spec is not None and spec["params_after"] == summary["phase3"]["params"]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        loc, _conf, _ldm = student(x)
+    assert loc.shape == (1, len(prior_boxes(96, 64)), 4)
+
+    import onnxruntime as ort
+
+    onnx_path = tmp_path / "nano_b.onnx"
+    torch.onnx.export(
+        student,
+        (x,),
+        str(onnx_path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["loc", "conf", "landmarks"],
+    )
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )
+    np.testing.assert_allclose(got[0], loc.numpy(), rtol=1e-3, atol=1e-3)
+
+    # Resuming a finished run does no work and returns the same files.
+    again = run_nano_b(recipe, resume=True)
+    assert again["files"] == summary["files"]
+    print(f"tiny pipeline: {time.perf_counter() - start:.1f} s")
+
+
+@pytest.mark.parametrize("arch", ["nano_b", "v1"])
+def test_info_command_prints_table_totals_and_macs(arch: str) -> None:
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    result = CliRunner().invoke(app, ["info", "--arch", arch])
+    assert result.exit_code == 0, result.output
+    assert (
+        "total" in result.output and "MACs at 320x240" in result.output and "MACs at 640x480" in result.output
+    )
+    if arch == "v1":
+        assert "592,371" in result.output
