@@ -65,11 +65,11 @@ def test_total_mixes_task_and_kd_with_alpha_and_gradients_are_finite() -> None:
 def test_learnable_weights_stay_positive_and_bounded() -> None:
     cfg = DistillConfig(log_var_bound=2.0)
     loss = DistillLoss(cfg)
-    opt = torch.optim.SGD(loss.parameters(), lr=5.0)
+    opt = torch.optim.SGD(loss.parameters(), lr=20.0)
     teacher = _outputs(seed=0)
     # Wildly different scales push one weight up and another down as far as they can go.
     student = (teacher[0] + 100.0, teacher[1] + torch.tensor([0.0, 1e-3]), teacher[2])
-    for _ in range(500):
+    for _ in range(150):
         opt.zero_grad()
         total, _ = loss(student, teacher, torch.tensor(0.0))
         total.backward()
@@ -86,8 +86,8 @@ def test_feature_distill_zero_after_identity_adapter() -> None:
     for a in fd.adapters:
         torch.nn.init.dirac_(a.weight)
     feats = [torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 2)]
-    assert float(fd(feats, feats)) == pytest.approx(0.0, abs=1e-7)
-    assert float(fd([f + 1 for f in feats], feats)) == pytest.approx(1.0, rel=1e-5)
+    assert float(fd(feats, feats).detach()) == pytest.approx(0.0, abs=1e-7)
+    assert float(fd([f + 1 for f in feats], feats).detach()) == pytest.approx(1.0, rel=1e-5)
 
 
 def test_config_rejects_bad_alpha() -> None:

@@ -124,6 +124,19 @@ def test_crashed_search_resumes_to_the_requested_count(tmp_path) -> None:
     assert states.count(optuna.trial.TrialState.FAIL) == 1
 
 
+def _nan_sometimes(rates: dict[str, float]) -> float:
+    return float("nan") if rates["heads"] > 0.2 else bowl(rates)
+
+
+def test_nan_trials_fail_and_are_replaced(tmp_path) -> None:
+    cfg = SearchConfig(n_trials=15, seed=1, n_startup_trials=15)
+    res = run_search(_nan_sometimes, linear_params, tmp_path, cfg)
+    study = optuna.load_study(study_name=cfg.study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert res.n_complete == 15 == states.count(optuna.trial.TrialState.COMPLETE)
+    assert states.count(optuna.trial.TrialState.FAIL) > 0
+
+
 def _hang(rates: dict[str, float]) -> float:
     time.sleep(3600)
     return 0.0

@@ -82,3 +82,9 @@ def test_zeroed_filters_recover_and_are_reranked(net: ToyNet) -> None:
     assert counts == sorted(counts)
     state = pruner.state_dict()
     assert state["current_step"] == 10
+    # Resuming restores the boundary index without touching the (checkpointed) weights.
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    again = SoftPruner(net, net.prune_groups(), RATES, total_steps=10, example_inputs=x[:1])
+    again.load_state_dict(state)
+    assert again.current_step == 10
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

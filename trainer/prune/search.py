@@ -167,6 +167,7 @@ def run_worker(
         ]
         if len(ahead) > cfg.n_trials:
             trial.set_user_attr("surplus", True)
+            surplus.append(trial.number)
             raise optuna.TrialPruned()
         rates = sample_rates(trial, cfg.bounds)
         params = int(param_count(rates))
@@ -175,19 +176,20 @@ def run_worker(
         trial.set_user_attr("penalty", penalty)
         trial.set_user_attr("worker", worker)
         value = float(objective(rates))
-        if not math.isfinite(value):
-            raise ValueError(f"pruning objective returned {value} for rates {rates}")
         trial.set_user_attr("objective", value)
-        return value + penalty
+        # A diverged fine-tune (NaN / inf) fails this trial only; Optuna records it as FAIL and the
+        # loop below runs a replacement.
+        return value + penalty if math.isfinite(value) else float("nan")
 
-    while True:
+    surplus: list[int] = []
+    while not surplus:
         done, live = _counts(study)
         if done >= cfg.n_trials or live >= cfg.n_trials:
             return
+        failed = sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
+        if failed >= cfg.n_trials:
+            raise RuntimeError(f"pruning search: {failed} trials failed (objective NaN or crashed)")
         study.optimize(wrapped, n_trials=1)
-        last = study.get_trials(deepcopy=False)[-1]
-        if last.user_attrs.get("surplus"):
-            return
 
 
 def _worker_main(

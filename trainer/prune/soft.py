@@ -142,9 +142,9 @@ class SoftPruner:
         return {"current_step": self.current_step, "final_rates": dict(self.final_rates), "power": self.power}
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Restore the boundary index only: the checkpointed weights already carry the zeros, and
+        re-zeroing here would make a resumed run differ from an uninterrupted one."""
         self.current_step = int(state["current_step"])
-        if self.current_step > 0:
-            self.step(self.current_step)
 
 
 @dataclass
