@@ -50,6 +50,7 @@ class Peer:
     score_threshold: float
     nms_threshold: float
     fixed_size: tuple[int, int] | None = None  # (w, h) when the graph takes one size only
+    plus_one: float = 1.0  # NMS area convention: +1 pixel (insightface, RetinaFace) or 0 (OpenCV)
     session: object | None = None
 
     @property
@@ -57,7 +58,7 @@ class Peer:
         return parameter_count(onnx.load(str(self.path)))
 
     def open(self, backend: str = "onnxruntime", threads: int = 0) -> Peer:
-        self.session = open_session(self.path, backend, threads)
+        self.session = open_session(self.path, backend, threads, f32=True)
         return self
 
     def infer(self, feed: np.ndarray) -> list[np.ndarray]:
@@ -79,7 +80,7 @@ class Peer:
         boxes, scores = self.decode(self.infer(feed), w, h, feed.shape[3], feed.shape[2])
         keep = scores > self.score_threshold
         boxes, scores = boxes[keep], scores[keep]
-        idx = nms(boxes, scores, self.nms_threshold, plus_one=1.0)
+        idx = nms(boxes, scores, self.nms_threshold, plus_one=self.plus_one)
         return boxes[idx], scores[idx]
 
 
@@ -108,7 +109,9 @@ class YuNetPeer(Peer):
             centre = pts + bbox[:, :2] * s
             size = np.exp(bbox[:, 2:]) * s
             boxes.append(np.concatenate([centre - size / 2, centre + size / 2], axis=1))
-            scores.append(cls * obj)
+            # OpenCV's FaceDetectorYN (the reference decoder) scores sqrt(cls * obj), thresholds that
+            # and runs NMSBoxes without the +1: this reproduces the reference AP to 0.02.
+            scores.append(np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1)))
         out = np.concatenate(boxes)
         if self.fixed_size:  # back from the resized input to the image
             out = out * np.array([w / self.fixed_size[0], h / self.fixed_size[1]] * 2)
@@ -148,23 +151,37 @@ class ULFDPeer(Peer):
         return boxes[:400], scores[:400]  # published setting: top 400 after NMS
 
 
-def open_session(path: Path, backend: str, threads: int):
-    """A callable ``feed -> outputs`` on ONNX Runtime or OpenVINO with a fixed thread count (0 = all)."""
+def open_session(path: Path, backend: str, threads: int, f32: bool = True):
+    """A callable ``feed -> outputs`` on ONNX Runtime or OpenVINO with a fixed thread count (0 = all).
+
+    The settings are the edge's (``edge/backends.py``) so that every model is timed the way the device
+    runs Nano-B: ORT sequential, one inter-op thread, no spinning; OpenVINO with the LATENCY hint.
+    ``f32`` pins OpenVINO's INFERENCE_PRECISION_HINT to f32: on CPUs with bf16 (AMX/AVX-512 BF16)
+    OpenVINO otherwise runs FP32 models in bf16, which is faster but no longer the model that was
+    evaluated.
+    """
     if backend == "onnxruntime":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = max(0, threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         return lambda feed: sess.run(None, {name: feed})
+    if backend != "openvino":
+        raise ValueError(f"unknown backend {backend!r}; choose onnxruntime or openvino")
     import openvino as ov
 
     core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
     compiled = core.compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
 
@@ -178,7 +195,7 @@ def open_session(path: Path, backend: str, threads: int):
 def peers(root: Path) -> list[Peer]:
     """The peers in ``root`` (../shared/weights/peers), with their published test settings."""
     table = [
-        YuNetPeer("YuNet-n", root / "yunet_n_dynamic.onnx", 0.02, 0.45),
+        YuNetPeer("YuNet-n", root / "yunet_n_dynamic.onnx", 0.02, 0.45, plus_one=0.0),
         SCRFDPeer("SCRFD-0.5GF", root / "scrfd_500m_bnkps.onnx", 0.02, 0.45),
         RetinaFacePeer("RetinaFace-mnet0.25", root / "retinaface_mbnet0.25.onnx", 0.02, 0.4),
         ULFDPeer("ULFD-RFB-320", root / "version-RFB-320.onnx", 0.1, 0.3, fixed_size=(320, 240)),

@@ -80,7 +80,9 @@ class OpenVinoBackend:
         except ImportError:
             raise ModelError("openvino is not installed (pip install 'featherface[openvino]')") from None
         core = ov.Core()
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        # f32 explicitly: OpenVINO otherwise runs FP32 models in bfloat16 on CPUs with AMX/AVX512-BF16
+        # and in f16 on ARMv8.2+, which moves scores and boxes away from what was evaluated.
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:

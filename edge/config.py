@@ -68,9 +68,13 @@ class DeviceConfig:
         for key in ("id", "camera"):
             value = getattr(self, key)
             if any(c in value for c in "/#+ ") or not value:
-                raise ConfigError(f"device.{key} must be a non-empty MQTT topic level (no '/', '#', '+', spaces)")
+                raise ConfigError(
+                    f"device.{key} must be a non-empty MQTT topic level (no '/', '#', '+', spaces)"
+                )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"device.log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+            raise ConfigError(
+                f"device.log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,9 @@ class MqttConfig:
         if not 0 < self.port < 65536:
             raise ConfigError(f"mqtt.port must be 1..65535, got {self.port}")
         if not self.prefix or any(c in self.prefix for c in "#+") or self.prefix.startswith("/"):
-            raise ConfigError(f"mqtt.prefix must be a topic without '#', '+' or a leading '/', got {self.prefix!r}")
+            raise ConfigError(
+                f"mqtt.prefix must be a topic without '#', '+' or a leading '/', got {self.prefix!r}"
+            )
         for key in ("keepalive_s", "max_inflight", "queue_size", "snapshot_max_bytes", "max_message_bytes"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"mqtt.{key} must be > 0, got {getattr(self, key)}")
@@ -190,8 +196,10 @@ class Config:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 table = {k.name: getattr(value, k.name) for k in dataclasses.fields(value)}
-                out[f.name] = {k: ("***" if isinstance(v, Secret) and v else "" if isinstance(v, Secret) else v)
-                               for k, v in table.items()}
+                out[f.name] = {
+                    k: ("***" if isinstance(v, Secret) and v else "" if isinstance(v, Secret) else v)
+                    for k, v in table.items()
+                }
         return out
 
 
@@ -262,7 +270,10 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if args and len(args) != len(value):
             raise ConfigError(f"{where}: expected a list of {len(args)} items, got {value!r}")
-        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value), strict=False)))
+        return tuple(
+            coerce(v, a, f"{where}[{i}]")
+            for i, (v, a) in enumerate(zip(value, args or [Any] * len(value), strict=False))
+        )
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
@@ -305,9 +316,11 @@ def apply_env(doc: dict[str, Any], environ: dict[str, str], tables: dict[str, ty
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        table, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        table, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if table not in tables:
-            raise ConfigError(f"environment variable {name}: unknown table [{table}] (known: {', '.join(tables)})")
+            raise ConfigError(
+                f"environment variable {name}: unknown table [{table}] (known: {', '.join(tables)})"
+            )
         hints = typing.get_type_hints(tables[table])
         value: Any = raw if hints.get(key) in (str, Secret, Path) else _env_value(raw)
         out.setdefault(table, {})[key] = value
@@ -330,7 +343,9 @@ def _read_password(mqtt: MqttConfig, origin: str, environ: dict[str, str]) -> Mq
     return mqtt
 
 
-def parse_config(doc: dict[str, Any], origin: str = "<defaults>", environ: dict[str, str] | None = None) -> Config:
+def parse_config(
+    doc: dict[str, Any], origin: str = "<defaults>", environ: dict[str, str] | None = None
+) -> Config:
     """Build and validate a :class:`Config` from a parsed TOML document plus environment overrides."""
     environ = dict(os.environ) if environ is None else environ
     tables = {**TABLES, **_perception_tables()}

@@ -40,7 +40,9 @@ THERMAL_ROOT = Path("/sys/class/thermal")
 def cpu_temperature_c(root: Path = THERMAL_ROOT) -> float | None:
     """The CPU temperature in °C from the first readable thermal zone (a ``cpu``-like one first)."""
     zones = sorted(root.glob("thermal_zone*"))
-    zones.sort(key=lambda z: "cpu" not in _read(z / "type").lower() and "soc" not in _read(z / "type").lower())
+    zones.sort(
+        key=lambda z: "cpu" not in _read(z / "type").lower() and "soc" not in _read(z / "type").lower()
+    )
     for zone in zones:
         raw = _read(zone / "temp")
         if raw.lstrip("-").isdigit():
@@ -94,17 +96,31 @@ class Metrics:
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         recent = [t for t in self._stamps if now - t <= 10.0]
-        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        fps = (
+            (len(recent) - 1) / (recent[-1] - recent[0])
+            if len(recent) > 1 and recent[-1] > recent[0]
+            else 0.0
+        )
         infer = sum(self._infer) / len(self._infer) if self._infer else 0.0
-        return {"fps": round(fps, 2), "inference_ms": round(infer, 2), "frames": self.frames,
-                "events": self.events, "uptime_s": round(now - self.started, 1)}
+        return {
+            "fps": round(fps, 2),
+            "inference_ms": round(infer, 2),
+            "frames": self.frames,
+            "events": self.events,
+            "uptime_s": round(now - self.started, 1),
+        }
 
 
 class Daemon:
     """The pipeline of one camera. ``detector``/``source`` may be injected (tests); else built from config."""
 
-    def __init__(self, config: Config, detector: Any = None, source: FrameSource | None = None,
-                 notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        detector: Any = None,
+        source: FrameSource | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
         self.stop_event = threading.Event()
         self.stop_reason = ""
@@ -118,11 +134,14 @@ class Daemon:
         self.detector = detector
         model = ModelInfo(detector.meta.name, detector.meta.version, detector.sha256, detector.runtime)
         self.builder = EventBuilder(config.device.id, config.device.camera, model)
-        self.spool = Spool(config.spool_dir, config.spool.max_events, config.spool.max_bytes, config.spool.max_age_s)
+        self.spool = Spool(
+            config.spool_dir, config.spool.max_events, config.spool.max_bytes, config.spool.max_age_s
+        )
         self.publisher: MqttPublisher | None = None
         if config.mqtt.enabled:
-            self.publisher = MqttPublisher(config.mqtt, config.device.id, config.device.camera, self.spool,
-                                           config.homeassistant)
+            self.publisher = MqttPublisher(
+                config.mqtt, config.device.id, config.device.camera, self.spool, config.homeassistant
+            )
         self._injected_source = source
         self.source: FrameSource | None = None
         from edge.tracker import Tracker
@@ -172,15 +191,25 @@ class Daemon:
             from edge.camera import ReconnectingSource
 
             sc = self.config.source
-            self.source = ReconnectingSource(self._injected_source, on_status=self._on_source_status,
-                                             reconnect_min_s=sc.reconnect_min_s, reconnect_max_s=sc.reconnect_max_s,
-                                             stall_timeout_s=sc.stall_timeout_s, reopen_on_end=False)
+            self.source = ReconnectingSource(
+                self._injected_source,
+                on_status=self._on_source_status,
+                reconnect_min_s=sc.reconnect_min_s,
+                reconnect_max_s=sc.reconnect_max_s,
+                stall_timeout_s=sc.stall_timeout_s,
+                reopen_on_end=False,
+            )
             self.source.open()
         else:
             self.source = open_source(self.config.source, on_status=self._on_source_status)
         desc = f"{self.detector.meta.name} {self.detector.meta.version} on {self.detector.runtime}"
-        log.info("running: device %s camera %s, model %s, run %s", self.config.device.id,
-                 self.config.device.camera, desc, self.builder.run_id)
+        log.info(
+            "running: device %s camera %s, model %s, run %s",
+            self.config.device.id,
+            self.config.device.camera,
+            desc,
+            self.builder.run_id,
+        )
         self.notifier.ready(f"running {desc}")
 
     def _on_source_status(self, state: str, reason: str) -> None:
@@ -217,8 +246,16 @@ class Daemon:
         self._emit(events, frame.frame_id, frame.width, frame.height, ts=frame.ts, image=frame.image)
         return events
 
-    def _emit(self, events: list[TrackEvent], frame_id: int, w: int, h: int, *, ts: float,
-              image: np.ndarray | None = None) -> None:
+    def _emit(
+        self,
+        events: list[TrackEvent],
+        frame_id: int,
+        w: int,
+        h: int,
+        *,
+        ts: float,
+        image: np.ndarray | None = None,
+    ) -> None:
         for ev in events:
             doc = self.builder.event(ev, frame_id, ts, w, h)
             self.metrics.events += 1
@@ -226,8 +263,12 @@ class Daemon:
             if self.publisher is None:
                 continue
             self.publisher.publish_event(doc)
-            if (ev.kind == "start" and image is not None and self.config.mqtt.snapshot
-                    and self.config.daemon.snapshot_on == "start"):
+            if (
+                ev.kind == "start"
+                and image is not None
+                and self.config.mqtt.snapshot
+                and self.config.daemon.snapshot_on == "start"
+            ):
                 jpeg = snapshot_jpeg(image, ev.detection.box, self.config.mqtt.snapshot_max_bytes)
                 if jpeg is not None:
                     self.publisher.publish_snapshot(jpeg)
@@ -240,16 +281,22 @@ class Daemon:
             self.publisher.set_state(self.builder.state(faces, self.source_status))
 
     def _stats(self) -> dict[str, Any]:
-        depth = self.publisher.depth() if self.publisher else {"queue": 0, "inflight": 0, "spool": 0, "spool_dropped": 0}
+        depth = (
+            self.publisher.depth()
+            if self.publisher
+            else {"queue": 0, "inflight": 0, "spool": 0, "spool_dropped": 0}
+        )
         dropped = int(getattr(self.source, "dropped_frames", 0) or 0)
-        return self.builder.stats({
-            **self.metrics.snapshot(),
-            "queue_depth": depth["queue"] + depth["inflight"],
-            "spool_depth": depth["spool"],
-            "spool_dropped": depth["spool_dropped"],
-            "dropped_frames": dropped,
-            "cpu_temp_c": cpu_temperature_c(),
-        })
+        return self.builder.stats(
+            {
+                **self.metrics.snapshot(),
+                "queue_depth": depth["queue"] + depth["inflight"],
+                "spool_depth": depth["spool"],
+                "spool_dropped": depth["spool_dropped"],
+                "dropped_frames": dropped,
+                "cpu_temp_c": cpu_temperature_c(),
+            }
+        )
 
     def _flush(self) -> None:
         now = time.time()
@@ -269,12 +316,21 @@ class Daemon:
         if self.publisher is not None:
             self.publisher.stop(self.config.daemon.drain_timeout_s, final_status=status)
         self.notifier.close()
-        log.info("stopped (%s): %d frame(s), %d event(s)", self.stop_reason or status,
-                 self.metrics.frames, self.metrics.events)
+        log.info(
+            "stopped (%s): %d frame(s), %d event(s)",
+            self.stop_reason or status,
+            self.metrics.frames,
+            self.metrics.events,
+        )
 
 
-def run(config: Config, *, detector: Any = None, source: FrameSource | None = None,
-        on_ready: Callable[[Daemon], None] | None = None) -> int:
+def run(
+    config: Config,
+    *,
+    detector: Any = None,
+    source: FrameSource | None = None,
+    on_ready: Callable[[Daemon], None] | None = None,
+) -> int:
     """Run the daemon until SIGTERM/SIGINT or the end of a finite source; returns the exit code.
 
     Start-up problems (bad model, unwritable state directory) raise a FeatherFaceError, which the

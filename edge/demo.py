@@ -30,7 +30,9 @@ from edge.records import Detection
 SAMPLE = Path(__file__).resolve().parent / "samples" / "astronaut.png"
 
 
-def _subscribe(host: str, port: int, topic: str, inbox: list[tuple[str, bytes]], ready: threading.Event) -> Any:
+def _subscribe(
+    host: str, port: int, topic: str, inbox: list[tuple[str, bytes]], ready: threading.Event
+) -> Any:
     import paho.mqtt.client as paho
 
     client = paho.Client(paho.CallbackAPIVersion.VERSION2)
@@ -42,8 +44,11 @@ def _subscribe(host: str, port: int, topic: str, inbox: list[tuple[str, bytes]],
         if msg.topic.endswith("/event"):
             doc = json.loads(msg.payload)
             face = doc["faces"][0]
-            print(f"{doc['type']:>6}  track {face['track_id']}  score {face['score']:.2f}  "
-                  f"box {face['box']}  seq {doc['seq']}  frame {doc['frame_id']}", flush=True)
+            print(
+                f"{doc['type']:>6}  track {face['track_id']}  score {face['score']:.2f}  "
+                f"box {face['box']}  seq {doc['seq']}  frame {doc['frame_id']}",
+                flush=True,
+            )
         elif msg.topic.endswith("/status"):
             print(f"status  {msg.payload.decode(errors='replace')}", flush=True)
 
@@ -53,13 +58,19 @@ def _subscribe(host: str, port: int, topic: str, inbox: list[tuple[str, bytes]],
     return client
 
 
-def run_demo(model: Path | None = None, frames: int = 30, out: Path = Path("featherface-demo.jpg"),
-             config: Path | None = None) -> int:
+def run_demo(
+    model: Path | None = None,
+    frames: int = 30,
+    out: Path = Path("featherface-demo.jpg"),
+    config: Path | None = None,
+) -> int:
     """Run the demo; returns the exit code. ``model`` None = the bundled default model."""
     model_path = Path(model) if model else default_model_path()
     if model is None and not model_path.is_file():
-        print(f"featherface-edge demo: the default model has not been shipped yet ({model_path} is absent); "
-              "run it with --model FILE (a FeatherFace-exported .onnx or .xml)")
+        print(
+            f"featherface-edge demo: the default model has not been shipped yet ({model_path} is absent); "
+            "run it with --model FILE (a FeatherFace-exported .onnx or .xml)"
+        )
         return 2
     if not SAMPLE.is_file():
         raise ModelError(f"the bundled sample image {SAMPLE} is missing; reinstall featherface")
@@ -78,7 +89,13 @@ def run_demo(model: Path | None = None, frames: int = 30, out: Path = Path("feat
         cfg = parse_config(
             {
                 "device": {"id": "demo", "camera": "sample", "state_dir": state},
-                "source": {"type": "synthetic", "path": str(SAMPLE), "width": w, "height": h, "frames": frames},
+                "source": {
+                    "type": "synthetic",
+                    "path": str(SAMPLE),
+                    "width": w,
+                    "height": h,
+                    "frames": frames,
+                },
                 "detector": {"model": str(model_path)},
                 "tracker": {"min_hits": 2, "update_interval_s": 0.5},
                 "mqtt": mqtt_table,
@@ -89,12 +106,16 @@ def run_demo(model: Path | None = None, frames: int = 30, out: Path = Path("feat
         )
         inbox: list[tuple[str, bytes]] = []
         ready = threading.Event()
-        client = _subscribe(cfg.mqtt.host, cfg.mqtt.port, f"{cfg.mqtt.prefix}/{cfg.device.id}/#", inbox, ready)
+        client = _subscribe(
+            cfg.mqtt.host, cfg.mqtt.port, f"{cfg.mqtt.prefix}/{cfg.device.id}/#", inbox, ready
+        )
         try:
             ready.wait(10)
             daemon = Daemon(cfg)
-            print(f"model {daemon.detector.meta.name} {daemon.detector.meta.version} on {daemon.detector.runtime}; "
-                  f"{frames} frames of {SAMPLE.name} ({w}x{h})")
+            print(
+                f"model {daemon.detector.meta.name} {daemon.detector.meta.version} on {daemon.detector.runtime}; "
+                f"{frames} frames of {SAMPLE.name} ({w}x{h})"
+            )
             code = daemon.run()
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and (daemon.publisher.status_topic, b"stopped") not in inbox:
@@ -108,7 +129,9 @@ def run_demo(model: Path | None = None, frames: int = 30, out: Path = Path("feat
     last: dict[int, Detection] = {}
     for doc in events:
         for f in doc["faces"]:
-            last[f["track_id"]] = Detection(tuple(f["box"]), f["score"], tuple(tuple(p) for p in f["landmarks"]))
+            last[f["track_id"]] = Detection(
+                tuple(f["box"]), f["score"], tuple(tuple(p) for p in f["landmarks"])
+            )
     cv2.imwrite(str(out), draw(image, list(last.values())))
     print(f"{len(events)} event(s) received, {len(last)} track(s); annotated image: {out}")
     return code

@@ -87,7 +87,13 @@ class MqttPublisher:
         self._stop = threading.Event()
         self._drain_deadline = 0.0
         self._worker: threading.Thread | None = None
-        self.counters = {"published": 0, "spooled": 0, "replayed": 0, "dropped_queue": 0, "dropped_snapshots": 0}
+        self.counters = {
+            "published": 0,
+            "spooled": 0,
+            "replayed": 0,
+            "dropped_queue": 0,
+            "dropped_snapshots": 0,
+        }
         self.client = self._make_client()
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -98,11 +104,15 @@ class MqttPublisher:
         client.enable_logger(logging.getLogger("edge.mqtt.paho"))
         client.max_inflight_messages_set(cfg.max_inflight)
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=max(1, round(cfg.reconnect_max_s)))
+        client.reconnect_delay_set(
+            min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=max(1, round(cfg.reconnect_max_s))
+        )
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password.reveal() or None)
         if cfg.tls:
-            client.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None, keyfile=cfg.key_file or None)
+            client.tls_set(
+                ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None, keyfile=cfg.key_file or None
+            )
             client.tls_insecure_set(cfg.tls_insecure)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -115,7 +125,13 @@ class MqttPublisher:
         self.client.loop_start()
         self._worker = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._worker.start()
-        log.info("mqtt: connecting to %s:%d as %s (tls=%s)", self.cfg.host, self.cfg.port, self.device_id, self.cfg.tls)
+        log.info(
+            "mqtt: connecting to %s:%d as %s (tls=%s)",
+            self.cfg.host,
+            self.cfg.port,
+            self.device_id,
+            self.cfg.tls,
+        )
         return self
 
     # ---- API for the frame loop (never blocks) ------------------------------------------------
@@ -178,13 +194,23 @@ class MqttPublisher:
         self._generation += 1
         self._connected_at = time.monotonic()
         self._connected.set()
-        log.info("mqtt: connected to %s:%d; %d spooled message(s) to replay", self.cfg.host, self.cfg.port, len(self.spool))
+        log.info(
+            "mqtt: connected to %s:%d; %d spooled message(s) to replay",
+            self.cfg.host,
+            self.cfg.port,
+            len(self.spool),
+        )
 
     def _on_disconnect(self, _c: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if was and not self._stop.is_set():
-            log.warning("mqtt: disconnected from %s:%d (%s); spooling until it is back", self.cfg.host, self.cfg.port, reason)
+            log.warning(
+                "mqtt: disconnected from %s:%d (%s); spooling until it is back",
+                self.cfg.host,
+                self.cfg.port,
+                reason,
+            )
 
     def _on_message(self, _c: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
         try:
@@ -198,7 +224,9 @@ class MqttPublisher:
 
     def _publish_discovery(self, client: paho.Client) -> None:
         if self.ha:
-            for topic, payload in ha.discovery_messages(self.ha.discovery_prefix, self.cfg.prefix, self.device_id, self.camera):
+            for topic, payload in ha.discovery_messages(
+                self.ha.discovery_prefix, self.cfg.prefix, self.device_id, self.camera
+            ):
                 client.publish(topic, payload, qos=1, retain=True)
 
     # ---- worker -------------------------------------------------------------------------------
@@ -282,8 +310,12 @@ class MqttPublisher:
 
     def _handle_event(self, doc: dict[str, Any]) -> None:
         record = {"topic": self.event_topic, "payload": doc}
-        direct = (self.connected and len(self.spool) == 0 and len(self._pending) < self.cfg.max_inflight
-                  and not self._stalled())
+        direct = (
+            self.connected
+            and len(self.spool) == 0
+            and len(self._pending) < self.cfg.max_inflight
+            and not self._stalled()
+        )
         if direct:
             info = self.client.publish(self.event_topic, json.dumps(doc), qos=1)
             if info.rc == paho.MQTT_ERR_SUCCESS:
@@ -305,8 +337,12 @@ class MqttPublisher:
         in_flight = {p.spool_key for p in self._pending.values() if p.spool_key is not None}
         for entry in self.spool.peek(room, skip=in_flight):
             rec = entry.record
-            info = self.client.publish(rec["topic"], json.dumps(rec["payload"]), qos=int(rec.get("qos", 1)),
-                                       retain=bool(rec.get("retain", False)))
+            info = self.client.publish(
+                rec["topic"],
+                json.dumps(rec["payload"]),
+                qos=int(rec.get("qos", 1)),
+                retain=bool(rec.get("retain", False)),
+            )
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 return
             self._pending[info.mid] = _Pending(info, self._generation, rec, spool_key=entry.key)

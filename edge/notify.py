@@ -27,6 +27,8 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self._addr:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block the frame loop on a full receiver queue: a lost ping is better than a hang.
+            self._sock.setblocking(False)
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         # WATCHDOG_PID names the process meant to ping; ignore the variable when it was inherited.

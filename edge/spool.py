@@ -42,15 +42,22 @@ class Spool:
     Not thread-safe: the MQTT publisher's worker thread owns it.
     """
 
-    def __init__(self, directory: str | Path, max_count: int = 10_000, max_bytes: int = 50_000_000,
-                 max_age_s: float = 7 * 86400.0) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        max_count: int = 10_000,
+        max_bytes: int = 50_000_000,
+        max_age_s: float = 7 * 86400.0,
+    ) -> None:
         self.directory = Path(directory)
         self.max_count, self.max_bytes, self.max_age_s = max_count, max_bytes, max_age_s
         self.dropped = {"count": 0, "bytes": 0, "age": 0, "corrupt": 0}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"spool directory {self.directory} cannot be created ({exc.strerror})") from None
+            raise ConfigError(
+                f"spool directory {self.directory} cannot be created ({exc.strerror})"
+            ) from None
         if not os.access(self.directory, os.W_OK):
             raise ConfigError(f"spool directory {self.directory} is not writable")
         # key -> (size in bytes, mtime); insertion order == key order (rebuilt sorted below).
@@ -139,7 +146,9 @@ class Spool:
         while self.max_bytes and self._bytes > self.max_bytes and self._index:
             self._drop_oldest("bytes")
         if self.dropped_total != dropped_before:
-            log.warning("spool: caps reached, %d record(s) dropped so far %s", self.dropped_total, self.dropped)
+            log.warning(
+                "spool: caps reached, %d record(s) dropped so far %s", self.dropped_total, self.dropped
+            )
 
     def expire(self, now: float | None = None) -> None:
         """Drop records older than ``max_age_s`` (by the time they were written)."""

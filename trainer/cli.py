@@ -135,7 +135,9 @@ def nano_b(
     from trainer.pipeline.recipe import load_recipe
     from trainer.pipeline.run import run_nano_b
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our own progress at INFO; the exporters' chatty INFO logs (onnxscript passes) stay quiet.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("trainer").setLevel(logging.INFO)
     summary = run_nano_b(load_recipe(config), out, resume)
     typer.echo(json.dumps(summary, indent=1, default=str))
 

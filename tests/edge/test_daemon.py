@@ -20,15 +20,24 @@ from edge.notify import Notifier
 from tests.edge.mqtt_helpers import Consumer, validate_message
 
 
-def daemon_config(tmp_path: Path, broker: EmbeddedBroker | None, model: Path, **tables: dict[str, Any]) -> Config:
+def daemon_config(
+    tmp_path: Path, broker: EmbeddedBroker | None, model: Path, **tables: dict[str, Any]
+) -> Config:
     doc: dict[str, Any] = {
         "device": {"id": "dev", "camera": "cam", "state_dir": str(tmp_path / "state")},
         "source": {"type": "synthetic", "width": 256, "height": 192, "frames": 40, "reconnect_min_s": 0.1},
         "detector": {"model": str(model), "backend": "onnxruntime", "threads": 1, "score_threshold": 0.5},
         "tracker": {"min_hits": 2, "max_age_s": 0.5, "update_interval_s": 0.2},
-        "mqtt": {"host": broker.host if broker else "127.0.0.1", "port": broker.port if broker else 1,
-                 "prefix": f"t{tmp_path.name[-12:]}", "replay_settle_s": 0.2, "stats_interval_s": 0.2,
-                 "reconnect_min_s": 1, "reconnect_max_s": 1, "snapshot": True},
+        "mqtt": {
+            "host": broker.host if broker else "127.0.0.1",
+            "port": broker.port if broker else 1,
+            "prefix": f"t{tmp_path.name[-12:]}",
+            "replay_settle_s": 0.2,
+            "stats_interval_s": 0.2,
+            "reconnect_min_s": 1,
+            "reconnect_max_s": 1,
+            "snapshot": True,
+        },
         "daemon": {"read_timeout_s": 0.2},
     }
     for name, table in tables.items():
@@ -36,13 +45,26 @@ def daemon_config(tmp_path: Path, broker: EmbeddedBroker | None, model: Path, **
     return parse_config(doc, "test", environ={})
 
 
-def test_run_publishes_valid_messages_and_stops_cleanly(mqtt_broker: EmbeddedBroker, tiny_onnx: Path, tmp_path: Path) -> None:
+def _collect(sock: socket.socket, out: list[str]) -> None:
+    sock.settimeout(30.0)
+    while not (out and out[-1].startswith("STOPPING=1")):
+        try:
+            out.append(sock.recv(4096).decode())
+        except (TimeoutError, OSError):
+            return
+
+
+def test_run_publishes_valid_messages_and_stops_cleanly(
+    mqtt_broker: EmbeddedBroker, tiny_onnx: Path, tmp_path: Path
+) -> None:
     cfg = daemon_config(tmp_path, mqtt_broker, tiny_onnx)
     consumer = Consumer(mqtt_broker.host, mqtt_broker.port, (f"{cfg.mqtt.prefix}/#",))
     sock_path = tmp_path / "notify"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(sock_path))
-    notify.settimeout(5)
+    datagrams: list[str] = []
+    reader = threading.Thread(target=lambda: _collect(notify, datagrams), daemon=True)
+    reader.start()
     try:
         daemon = Daemon(cfg, notifier=Notifier({"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1"}))
         assert daemon.run() == 0
@@ -68,13 +90,7 @@ def test_run_publishes_valid_messages_and_stops_cleanly(mqtt_broker: EmbeddedBro
     states = [m.json() for m in consumer.on("/state")]
     assert max(s["faces"] for s in states) >= 1 and states[-1]["faces"] == 0
     assert [m.payload for m in consumer.on("/status")][0] == b"online"
-    datagrams = []
-    notify.settimeout(0.2)
-    while True:
-        try:
-            datagrams.append(notify.recv(4096).decode())
-        except TimeoutError:
-            break
+    reader.join(5)
     notify.close()
     assert datagrams[0].startswith("READY=1") and datagrams[-1].startswith("STOPPING=1")
     assert any(d == "WATCHDOG=1" for d in datagrams)
@@ -112,12 +128,16 @@ def test_failing_source_is_reopened(mqtt_broker: EmbeddedBroker, tiny_onnx: Path
     consumer = Consumer(mqtt_broker.host, mqtt_broker.port, (f"{cfg.mqtt.prefix}/dev/cam/state",))
     FlakySynthetic.opens = 0
     try:
-        daemon = Daemon(cfg, source=FlakySynthetic(SourceConfig(type="synthetic", width=256, height=192, frames=30)))
+        daemon = Daemon(
+            cfg, source=FlakySynthetic(SourceConfig(type="synthetic", width=256, height=192, frames=30))
+        )
         assert daemon.run() == 0
         assert FlakySynthetic.opens == 2
         assert daemon.metrics.frames == 10 + 30  # every frame of the second connection went through
         statuses = [m.json()["source_status"] for m in consumer.on("/state")]
-        assert consumer.wait_for(lambda c: "offline" in [m.json()["source_status"] for m in c.on("/state")], 5)
+        assert consumer.wait_for(
+            lambda c: "offline" in [m.json()["source_status"] for m in c.on("/state")], 5
+        )
         statuses = [m.json()["source_status"] for m in consumer.on("/state")]
         assert statuses.index("offline") < len(statuses) - 1 - statuses[::-1].index("online")
     finally:
@@ -126,7 +146,11 @@ def test_failing_source_is_reopened(mqtt_broker: EmbeddedBroker, tiny_onnx: Path
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "no-contract"])
 def test_bad_model_exits_2_with_one_line(kind: str, tiny_plain_onnx: Path, tmp_path: Path) -> None:
-    model = {"missing": tmp_path / "absent.onnx", "corrupt": tmp_path / "corrupt.onnx", "no-contract": tiny_plain_onnx}[kind]
+    model = {
+        "missing": tmp_path / "absent.onnx",
+        "corrupt": tmp_path / "corrupt.onnx",
+        "no-contract": tiny_plain_onnx,
+    }[kind]
     if kind == "corrupt":
         model.write_bytes(tiny_plain_onnx.read_bytes()[:300])
     config = tmp_path / "edge.toml"

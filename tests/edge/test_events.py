@@ -93,7 +93,7 @@ def test_state_and_stats_validate() -> None:
         lambda d: d["faces"][0]["box"].append(0.5),
     ],
 )
-def test_schema_rejects_malformed_events(mutate) -> None:  # noqa: ANN001
+def test_schema_rejects_malformed_events(mutate) -> None:
     doc = EventBuilder("d", "c", MODEL).event(TrackEvent("start", 1, DET), 0, 0.0, 10, 10)
     mutate(doc)
     with pytest.raises(jsonschema.ValidationError):

@@ -141,3 +141,11 @@ def test_init_from_teacher_copies_most_tensors_and_keeps_cbam_function() -> None
         # The folded shuffle block equals V1's explicit shuffle block.
         p = torch.randn(1, 64, 12, 16)
         assert torch.allclose(student.ssh_cs[1](p), teacher.ssh2_cs(p), atol=1e-5)
+
+
+def test_untrained_model_starts_with_low_face_scores() -> None:
+    torch.manual_seed(0)
+    m = NanoB().eval()
+    with torch.no_grad():
+        _, conf, _ = m(torch.randn(1, 3, 64, 64) * 50)
+    assert float(conf.softmax(-1)[..., 1].mean()) < 0.1

@@ -80,7 +80,6 @@ def test_pruned_student_file_round_trip(tmp_path: Path) -> None:
         assert all(torch.equal(a, b) for a, b in zip(model.eval()(x), loaded(x), strict=True))
 
 
-@pytest.mark.slow
 @pytest.mark.shared
 def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     """Distill -> search (2 trials) -> soft prune -> removal -> fine-tune at 64 px, then ONNX + reload."""

@@ -24,6 +24,7 @@ nothing at run time and leaves no reshape for channel pruning to trace through.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,15 @@ class NanoB(nn.Module):
         self.ClassHead = make_heads(ClassHead, ch, 3, cfg.num_anchors)
         self.BboxHead = make_heads(BboxHead, ch, 3, cfg.num_anchors)
         self.LandmarkHead = make_heads(LandmarkHead, ch, 3, cfg.num_anchors)
+        self._init_face_prior()
+
+    @torch.no_grad()
+    def _init_face_prior(self, prior: float = 0.01) -> None:
+        """Start the face logits at p(face) = ``prior`` (RetinaNet's prior init): an untrained Nano-B
+        detects nothing instead of scoring every anchor near 0.5, so early losses are sane. The
+        teacher initialisation overwrites these biases with V1's."""
+        for head in self.ClassHead:
+            head.conv1x1.bias[1::2] = -math.log((1 - prior) / prior)
 
     def _shuffle_block(self, ch: int) -> ShuffleBlock:
         block = ShuffleBlock(ch, ch // 2, groups=SHUFFLE_GROUPS, variant="v1")
