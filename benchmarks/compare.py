@@ -136,7 +136,7 @@ def measure_memory(subject: Subject | None, w: int, h: int) -> int:
 
 
 def _fmt_int(v: int | None) -> str:
-    return "—" if v is None else f"{v:,}"
+    return "as FP32" if v is None else f"{v:,}"
 
 
 def _mmacs(m: tuple[int, tuple[int, int]] | None) -> str:
@@ -148,7 +148,7 @@ def latency_table(groups: list[Latency], labels: list[str], runtime: str) -> lis
     mine = [g for g in groups if g.runtime == runtime and g.ms]
     if not mine:
         return []
-    heads = [f"{g.size[0]}×{g.size[1]}, {g.threads or 'all'} thr" for g in mine]
+    heads = [f"{g.size[0]}×{g.size[1]}, {g.threads} thr" for g in mine]
     lines = ["| model | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(mine)]
     for label in labels:
         cells = []
@@ -230,8 +230,8 @@ def render(info: dict, subjects: list[Subject], rows: dict, groups: list[Latency
         f"Milliseconds per inference, **median / p90** of {info['runs']} runs after {WARMUP} warm-up runs, "
         f"(**ratio** of the median to {BASELINE} in the same column and runtime). Network inference only "
         "(the input tensor is prepared once from the same photo), except `cv2.FaceDetectorYN`, whose "
-        "`detect` includes its resize/pad, decoding and NMS. `all thr` = the runtime's default (all "
-        f"{info['cores']} cores). Runtime settings are the edge's (`edge/backends.py`): ONNX Runtime "
+        "`detect` includes its resize/pad, decoding and NMS. `N thr` = N intra-op threads "
+        f"({info['cores']} = every core of this machine). Runtime settings are the edge's (`edge/backends.py`): ONNX Runtime "
         "sequential, 1 inter-op thread, no spinning; OpenVINO PERFORMANCE_HINT=LATENCY with "
         "**INFERENCE_PRECISION_HINT=f32 for FP32 models** (this CPU would otherwise run them in bf16); "
         "INT8 models keep OpenVINO's default precision for their non-quantized parts. Input tensor "
@@ -303,6 +303,10 @@ def run(
     log=print,
 ) -> str:
     """Run every measurement and return the markdown section."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # the MAC counter's sessions warn about peer graphs
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # OpenCV 5 warns once per FaceDetectorYN that DNN targets are ignored
     notes: list[str] = []
     shipped = default_model_path()
     if model is None:
@@ -328,7 +332,11 @@ def run(
     info["load_start"] = _load()
     rows: dict[str, dict] = {}
     for s in subjects:
-        rows[s.label] = {"params": s.parameters(), "macs": [s.macs(w, h) for w, h in sizes]}
+        # an INT8 file stores its weights as integers: its float-initializer count means nothing
+        rows[s.label] = {
+            "params": None if s.int8 else s.parameters(),
+            "macs": [s.macs(w, h) for w, h in sizes],
+        }
     wider = shared / "data" / "wider-val-dev"
     info["wider"] = f"{wider}"
     if accuracy and wider.is_dir():
@@ -341,12 +349,13 @@ def run(
     else:
         notes.append(f"Accuracy not measured ({'--no-accuracy' if not accuracy else f'{wider} absent'}).")
     groups = []
+    # "all threads" is stated as a number: the runtimes' own defaults differ (physical vs logical cores)
     for runtime in RUNTIMES:
-        for threads in (1, 0):
+        for threads in dict.fromkeys((1, os.cpu_count() or 1)):
             for w, h in sizes:
                 g = measure_latency(subjects, runtime, threads, frame(shared, w, h), runs)
                 groups.append(g)
-                log(f"latency {runtime} {w}x{h} threads={threads or 'all'}: " + ", ".join(
+                log(f"latency {runtime} {w}x{h} threads={threads}: " + ", ".join(
                     f"{k} {np.median(v):.2f}" for k, v in g.ms.items()))
     inputs = {}
     for g in groups:

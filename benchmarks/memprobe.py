@@ -2,8 +2,12 @@
 
 Loads one subject (or none, for the baseline: ``'{}'``), runs it ``RUNS`` times (default 20) on a
 ``W`` x ``H`` frame on ONNX Runtime (OpenCV for the cv2 subject) with all threads, and prints
-``{"maxrss_kib": ...}``: ``ru_maxrss`` of this process, which includes the interpreter and the imported
-runtime libraries, the same for every subject (hence the baseline).
+``{"maxrss_kib": ...}``: the peak resident set size of this process, which includes the interpreter and
+the imported runtime libraries, the same for every subject (hence the baseline).
+
+On Linux the peak is ``VmHWM`` from ``/proc/self/status``, not ``ru_maxrss``: the kernel carries
+``ru_maxrss`` across ``execve`` from the parent's memory (Python spawns with vfork), so every probe
+would report the benchmark process's own peak.
 """
 
 from __future__ import annotations
@@ -30,6 +34,17 @@ def probe(spec: dict, w: int, h: int, runs: int = 20) -> int:
             raise SystemExit(f"{subject.label} cannot run at {w}x{h}")
         for _ in range(runs):
             timed[0]()
+    return peak_rss_kib()
+
+
+def peak_rss_kib() -> int:
+    """This process's peak RSS in KiB (``VmHWM``; ``ru_maxrss`` where /proc is absent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 

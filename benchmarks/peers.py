@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 
 from edge.anchors import decode_boxes, nms, prior_boxes
-from trainer.export.metadata import parameter_count
 
 STRIDES = (8, 16, 32)
 
@@ -55,6 +54,9 @@ class Peer:
 
     @property
     def parameters(self) -> int:
+        # lazy: the trainer package pulls in torch, which an inference (memory) probe must not pay for
+        from trainer.export.metadata import parameter_count
+
         return parameter_count(onnx.load(str(self.path)))
 
     def open(self, backend: str = "onnxruntime", threads: int = 0) -> Peer:

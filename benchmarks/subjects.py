@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 
 from benchmarks.peers import Peer, open_session, peers
-from trainer.export.metadata import parameter_count
 
 CV2_YUNET = "face_detection_yunet_2023mar.onnx"
 
@@ -99,6 +98,8 @@ class Subject:
 
     def parameters(self) -> int:
         """Sum of the floating-point initializer sizes in the file (INT8: the float ones left)."""
+        from trainer.export.metadata import parameter_count  # lazy: trainer imports torch
+
         return parameter_count(onnx.load(str(self.path)))
 
     def macs(self, w: int, h: int) -> tuple[int, tuple[int, int]] | None:

@@ -62,11 +62,11 @@ def snapshot_jpeg(image: np.ndarray, box: tuple[float, float, float, float], max
     h, w = image.shape[:2]
     x1, y1, x2, y2 = box
     mx, my = (x2 - x1) * 0.2, (y2 - y1) * 0.2
-    l, t = max(0, int((x1 - mx) * w)), max(0, int((y1 - my) * h))
-    r, b = min(w, int((x2 + mx) * w) + 1), min(h, int((y2 + my) * h) + 1)
-    if r - l < 2 or b - t < 2:
+    left, top = max(0, int((x1 - mx) * w)), max(0, int((y1 - my) * h))
+    right, bottom = min(w, int((x2 + mx) * w) + 1), min(h, int((y2 + my) * h) + 1)
+    if right - left < 2 or bottom - top < 2:
         return None
-    crop = image[t:b, l:r]
+    crop = image[top:bottom, left:right]
     for _ in range(4):  # lower quality first, then halve the size
         for quality in (85, 65, 45):
             ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -85,12 +85,16 @@ class Metrics:
         self.started = time.monotonic()
         self.frames = 0
         self.events = 0
+        self.first_at = self.last_at = 0.0  # monotonic times of the first and latest processed frame
         self._stamps: deque[float] = deque(maxlen=300)
         self._infer: deque[float] = deque(maxlen=100)
 
     def frame(self, infer_ms: float) -> None:
+        now = time.monotonic()
         self.frames += 1
-        self._stamps.append(time.monotonic())
+        self.first_at = self.first_at or now
+        self.last_at = now
+        self._stamps.append(now)
         self._infer.append(infer_ms)
 
     def snapshot(self) -> dict[str, Any]:
@@ -162,7 +166,7 @@ class Daemon:
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Run until stopped; returns the exit code (0 on a clean stop or the end of a finite source)."""
-        restore: dict[int, Any] = {}
+        restore: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 restore[sig] = signal.signal(sig, self._on_signal)

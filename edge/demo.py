@@ -75,6 +75,8 @@ def run_demo(
     if not SAMPLE.is_file():
         raise ModelError(f"the bundled sample image {SAMPLE} is missing; reinstall featherface")
     image = cv2.imread(str(SAMPLE), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ModelError(f"the bundled sample image {SAMPLE} cannot be read")
     h, w = image.shape[:2]
     broker = None
     with tempfile.TemporaryDirectory(prefix="featherface-demo-") as state:
@@ -113,12 +115,13 @@ def run_demo(
             ready.wait(10)
             daemon = Daemon(cfg)
             print(
-                f"model {daemon.detector.meta.name} {daemon.detector.meta.version} on {daemon.detector.runtime}; "
-                f"{frames} frames of {SAMPLE.name} ({w}x{h})"
+                f"model {daemon.detector.meta.name} {daemon.detector.meta.version} on "
+                f"{daemon.detector.runtime}; {frames} frames of {SAMPLE.name} ({w}x{h})"
             )
             code = daemon.run()
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and (daemon.publisher.status_topic, b"stopped") not in inbox:
+            status_topic = f"{cfg.mqtt.prefix}/{cfg.device.id}/status"
+            while time.monotonic() < deadline and (status_topic, b"stopped") not in inbox:
                 time.sleep(0.05)  # the retained "stopped" is the last thing the daemon publishes
         finally:
             client.loop_stop()

@@ -24,6 +24,7 @@ Home Assistant discovery, then ``online``; ``stopped`` on a clean exit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -215,7 +216,7 @@ class MqttPublisher:
     def _on_message(self, _c: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
         try:
             if self.ha_status_topic and msg.topic == self.ha_status_topic:
-                if ha.parse_ha_status(msg.topic, msg.payload, self.cfg.max_message_bytes) == "online":
+                if ha.parse_ha_status(msg.topic, bytes(msg.payload), self.cfg.max_message_bytes) == "online":
                     self._resend_discovery = True
             else:
                 log.warning("mqtt: ignored a message on unexpected topic %r", msg.topic[:120])
@@ -377,10 +378,8 @@ class MqttPublisher:
             self._worker.join(drain_timeout_s + 5.0)
         if self.connected:
             info = self.client.publish(self.status_topic, final_status, qos=1, retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):  # not queued: nothing to wait for
                 info.wait_for_publish(timeout=2.0)
-            except (RuntimeError, ValueError):
-                pass
         self.client.disconnect()
         self.client.loop_stop()
         log.info("mqtt: stopped (%s; %d message(s) left in the spool)", self.counters, len(self.spool))

@@ -89,7 +89,7 @@ def test_run_publishes_valid_messages_and_stops_cleanly(
     assert consumer.on("/snapshot") and consumer.on("/snapshot")[0].payload[:2] == b"\xff\xd8"
     states = [m.json() for m in consumer.on("/state")]
     assert max(s["faces"] for s in states) >= 1 and states[-1]["faces"] == 0
-    assert [m.payload for m in consumer.on("/status")][0] == b"online"
+    assert consumer.on("/status")[0].payload == b"online"
     reader.join(5)
     notify.close()
     assert datagrams[0].startswith("READY=1") and datagrams[-1].startswith("STOPPING=1")

@@ -54,7 +54,7 @@ def test_broker_outage_loses_nothing_and_replays_in_order(
         fresh_broker,
         tiny_onnx,
         source={"frames": 0, "fps": 25},
-        mqtt={"snapshot": False, "replay_settle_s": 1.0},
+        mqtt={"snapshot": False, "replay_settle_s": 0.5},
     )
     topic = f"{cfg.mqtt.prefix}/#"
     before = Consumer(fresh_broker.host, fresh_broker.port, (topic,))
