@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import cv2
 import numpy as np
@@ -40,6 +41,12 @@ HEADING = "## Detector comparison"
 BASELINE = "YuNet-n"
 RUNTIMES = ("onnxruntime", "openvino", "opencv")
 WARMUP = 5
+# AP (easy, medium, hard) the shared README gives for these files, original size: a decoder check.
+REFERENCE_AP = {
+    "YuNet-n": (83.90, 81.39, 71.48),
+    "SCRFD-0.5GF": (82.2, 80.6, 70.6),
+    "RetinaFace-mnet0.25": (84.63, 81.57, 65.57),
+}
 
 
 @dataclass
@@ -201,7 +208,10 @@ def render(info: dict, subjects: list[Subject], rows: dict, groups: list[Latency
         "sum of floating-point initializer sizes in the file (an INT8 file keeps few float tensors). MACs "
         "at the input each model really runs for that frame (stride-padded, or its fixed size). Peak RSS: "
         "a separate process that imports the runtime, loads the model and runs it 20× on ONNX Runtime "
-        f"(OpenCV for cv2) at {sizes[-1][0]}×{sizes[-1][1]}; the baseline process loads no model.",
+        f"(OpenCV for cv2) at {sizes[-1][0]}×{sizes[-1][1]} (ULFD at its fixed 320×240); the baseline "
+        "process imports the same libraries and loads no model. YuNet-n is decoded as OpenCV's "
+        "FaceDetectorYN does (score √(cls·obj), NMS without the +1 pixel), which reproduces its reference "
+        "AP; the cv2 row is OpenCV's own decoder on the 2023mar model. INT8 accuracy is on ONNX Runtime.",
         "",
         "| model | file | size KiB | params | "
         + " | ".join(f"MMACs @{w}×{h}" for w, h in sizes)
@@ -214,15 +224,20 @@ def render(info: dict, subjects: list[Subject], rows: dict, groups: list[Latency
         apc = [f"{ap[k]:.2f}" if k in ap else "—" for k in ("easy", "medium", "hard")]
         rss = f"{r['rss'] / 1024:.0f}" if r.get("rss") else "—"
         out.append(
-            f"| {s.label} | `{s.path.name}` | {s.path.stat().st_size / 1024:,.0f} | {_fmt_int(r['params'])} | "
+            f"| {s.label} | `{s.path.name}` | {s.file_bytes / 1024:,.0f} | "
+            f"{_fmt_int(r['params'])} | "
             + " | ".join(_mmacs(m) for m in r["macs"])
             + f" | {' | '.join(apc)} | {s.nms} | {rss} |"
         )
     if info.get("baseline_rss"):
         out.append(
-            "| (baseline process, no model) | | | |" + " |" * len(sizes)
+            "| (baseline process, no model) | | | |"
+            + " |" * len(sizes)
             + f" | | | | {info['baseline_rss'] / 1024:.0f} |"
         )
+    refs = [f"{k} {' / '.join(f'{v:.2f}' for v in ref)}" for k, ref in REFERENCE_AP.items() if k in rows]
+    if refs and any(rows[k].get("ap") for k in REFERENCE_AP if k in rows):
+        out += ["", "Reference AP for these files (`../shared/README.md`): " + "; ".join(refs) + "."]
     out += [
         "",
         "### Latency",
@@ -231,7 +246,8 @@ def render(info: dict, subjects: list[Subject], rows: dict, groups: list[Latency
         f"(**ratio** of the median to {BASELINE} in the same column and runtime). Network inference only "
         "(the input tensor is prepared once from the same photo), except `cv2.FaceDetectorYN`, whose "
         "`detect` includes its resize/pad, decoding and NMS. `N thr` = N intra-op threads "
-        f"({info['cores']} = every core of this machine). Runtime settings are the edge's (`edge/backends.py`): ONNX Runtime "
+        f"({info['cores']} = every core of this machine). Runtime settings are the edge's "
+        "(`edge/backends.py`): ONNX Runtime "
         "sequential, 1 inter-op thread, no spinning; OpenVINO PERFORMANCE_HINT=LATENCY with "
         "**INFERENCE_PRECISION_HINT=f32 for FP32 models** (this CPU would otherwise run them in bf16); "
         "INT8 models keep OpenVINO's default precision for their non-quantized parts. Input tensor "
@@ -306,7 +322,9 @@ def run(
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)  # the MAC counter's sessions warn about peer graphs
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # OpenCV 5 warns once per FaceDetectorYN that DNN targets are ignored
+    cv2.utils.logging.setLogLevel(
+        cv2.utils.logging.LOG_LEVEL_ERROR
+    )  # OpenCV 5 warns once per FaceDetectorYN that DNN targets are ignored
     notes: list[str] = []
     shipped = default_model_path()
     if model is None:
@@ -315,7 +333,9 @@ def run(
             sibling = shipped.with_name(shipped.stem + ".int8.onnx")
             int8 = int8 or (sibling if sibling.is_file() else None)
         else:
-            notes.append(f"The shipped Nano-B model ({shipped.relative_to(ROOT)}) does not exist yet: peers only.")
+            notes.append(
+                f"The shipped Nano-B model ({shipped.relative_to(ROOT)}) does not exist yet: peers only."
+            )
             log(f"note: {notes[-1]}")
     for p in (model, int8):
         if p is not None and not p.is_file():
@@ -326,7 +346,9 @@ def run(
     if not any(s.kind != "contract" for s in subjects):
         notes.append(f"No peers found under {shared / 'weights' / 'peers'}.")
     if not subjects:
-        raise ConfigError(f"nothing to benchmark: no --model and no peers under {shared / 'weights' / 'peers'}")
+        raise ConfigError(
+            f"nothing to benchmark: no --model and no peers under {shared / 'weights' / 'peers'}"
+        )
     info = {**_machine(), "command": command, "runs": runs, "sizes": sizes, "notes": notes}
     info["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     info["load_start"] = _load()
@@ -334,18 +356,23 @@ def run(
     for s in subjects:
         # an INT8 file stores its weights as integers: its float-initializer count means nothing
         rows[s.label] = {
-            "params": None if s.int8 else s.parameters(),
+            "params": None if s.int8 or s.is_ir else s.parameters(),
             "macs": [s.macs(w, h) for w, h in sizes],
         }
     wider = shared / "data" / "wider-val-dev"
     info["wider"] = f"{wider}"
     if accuracy and wider.is_dir():
         for s in subjects:
+            if s.is_ir:
+                log(f"accuracy {s.label}: skipped (an OpenVINO IR; pass the ONNX for accuracy)")
+                continue
             t0 = time.perf_counter()
             rows[s.label]["ap"] = measure_accuracy(s, wider)
             ap = rows[s.label]["ap"]
-            log(f"accuracy {s.label}: {ap['easy']:.2f} / {ap['medium']:.2f} / {ap['hard']:.2f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"accuracy {s.label}: {ap['easy']:.2f} / {ap['medium']:.2f} / {ap['hard']:.2f} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
     else:
         notes.append(f"Accuracy not measured ({'--no-accuracy' if not accuracy else f'{wider} absent'}).")
     groups = []
@@ -355,12 +382,16 @@ def run(
             for w, h in sizes:
                 g = measure_latency(subjects, runtime, threads, frame(shared, w, h), runs)
                 groups.append(g)
-                log(f"latency {runtime} {w}x{h} threads={threads}: " + ", ".join(
-                    f"{k} {np.median(v):.2f}" for k, v in g.ms.items()))
+                log(
+                    f"latency {runtime} {w}x{h} threads={threads}: "
+                    + ", ".join(f"{k} {np.median(v):.2f}" for k, v in g.ms.items())
+                )
     inputs = {}
     for g in groups:
         for k, shape in g.input_shape.items():
-            inputs.setdefault(f"{g.size[0]}×{g.size[1]}", {}).setdefault(f"{shape[3]}×{shape[2]}", set()).add(k)
+            inputs.setdefault(f"{g.size[0]}×{g.size[1]}", {}).setdefault(f"{shape[3]}×{shape[2]}", set()).add(
+                k
+            )
     info["inputs"] = "; ".join(
         f"frame {fr} → " + ", ".join(f"{sh} ({', '.join(sorted(ks))})" for sh, ks in d.items())
         for fr, d in inputs.items()
@@ -368,6 +399,8 @@ def run(
     mw, mh = sizes[-1]
     info["baseline_rss"] = measure_memory(None, mw, mh)
     for s in subjects:
+        if s.is_ir:
+            continue  # the probe runs ONNX Runtime
         w, h = (320, 240) if s.kind == "peer" and s.peer().fixed_size else (mw, mh)
         rows[s.label]["rss"] = measure_memory(s, w, h)
         log(f"memory {s.label}: {rows[s.label]['rss'] / 1024:.0f} MiB")
@@ -380,14 +413,20 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 @app.command()
 def main(
-    model: Path | None = typer.Option(None, help="contract ONNX to compare (default: the shipped Nano-B)"),
-    int8: Path | None = typer.Option(None, help="its INT8 ONNX (default: the shipped .int8.onnx beside it)"),
-    shared: Path = typer.Option(ROOT.parent / "shared", help="the shared data/weights folder"),
-    runs: int = typer.Option(50, min=1, help="timed runs per model and setting"),
-    sizes: str = typer.Option("320x240,640x480", help="frame sizes WxH, comma-separated"),
-    out: Path | None = typer.Option(ROOT / "docs" / "BENCHMARKS.md", help="markdown file to update"),
-    label: str | None = typer.Option(None, help="name of --model in the tables (default: its file stem)"),
-    accuracy: bool = typer.Option(True, help="run the WIDER accuracy pass"),
+    model: Annotated[
+        Path | None, typer.Option(help="contract ONNX to compare (default: the shipped Nano-B)")
+    ] = None,
+    int8: Annotated[
+        Path | None, typer.Option(help="its INT8 ONNX (default: the shipped .int8.onnx beside it)")
+    ] = None,
+    shared: Annotated[Path, typer.Option(help="the shared data/weights folder")] = ROOT.parent / "shared",
+    runs: Annotated[int, typer.Option(min=1, help="timed runs per model and setting")] = 50,
+    sizes: Annotated[str, typer.Option(help="frame sizes WxH, comma-separated")] = "320x240,640x480",
+    out: Annotated[Path, typer.Option(help="markdown file to update")] = ROOT / "docs" / "BENCHMARKS.md",
+    label: Annotated[
+        str | None, typer.Option(help="name of --model in the tables (default: file stem)")
+    ] = None,
+    accuracy: Annotated[bool, typer.Option(help="run the WIDER accuracy pass")] = True,
 ) -> None:
     """Latency, accuracy, size and memory of a contract model and the peer detectors, side by side."""
     command = "python -m benchmarks.compare " + shlex.join(sys.argv[1:])
@@ -397,9 +436,8 @@ def main(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(section)
-    if out is not None:
-        write_section(out, section)
-        typer.echo(f"wrote {out}", err=True)
+    write_section(out, section)
+    typer.echo(f"wrote {out}", err=True)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ class Peer:
     def prepare(self, image: np.ndarray) -> np.ndarray:  # pragma: no cover - per peer
         raise NotImplementedError
 
-    def decode(self, outs: list[np.ndarray], w: int, h: int, in_w: int, in_h: int) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, outs: list[np.ndarray], w: int, h: int, in_w: int, in_h: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def session_input(self, w: int, h: int) -> np.ndarray:

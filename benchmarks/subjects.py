@@ -52,7 +52,7 @@ class Subject:
                 return det.detect(image)
 
             return run_cv2, pad
-        if backend == "opencv":
+        if backend == "opencv" or (backend == "onnxruntime" and self.is_ir):
             return None
         if self.kind == "peer":
             peer = self.peer()
@@ -64,6 +64,17 @@ class Subject:
         run = open_session(self.path, backend, threads, f32=not self.int8)
         tensor = contract_input(self.path, image)
         return (lambda: run(tensor)), tensor.shape
+
+    @property
+    def is_ir(self) -> bool:
+        """An OpenVINO IR (``.xml``): timed on OpenVINO only, no ONNX-based accuracy or MACs."""
+        return self.path.suffix.lower() == ".xml"
+
+    @property
+    def file_bytes(self) -> int:
+        """Size on disk (an IR counts its ``.bin`` too)."""
+        extra = self.path.with_suffix(".bin") if self.is_ir else None
+        return self.path.stat().st_size + (extra.stat().st_size if extra and extra.is_file() else 0)
 
     # ------------------------------------------------------------------ accuracy
 
@@ -108,8 +119,8 @@ class Subject:
 
         rng = np.random.default_rng(0)
         image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        if self.kind == "cv2":
-            return None  # the ONNX graph is fixed 640x640; OpenCV reshapes it at run time
+        if self.kind == "cv2" or self.is_ir:
+            return None  # cv2: the ONNX graph is fixed 640x640; OpenCV reshapes it at run time
         if self.kind == "peer":
             peer = self.peer()
             if peer.fixed_size and peer.fixed_size != (w, h):

@@ -82,7 +82,7 @@ class ModelMeta:
         def need(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
             if key not in d:
                 raise ModelError(f"{source}: metadata field '{where}{key}' is missing")
-            if not isinstance(d[key], kind) or isinstance(d[key], bool) and kind is not bool:
+            if not isinstance(d[key], kind) or (isinstance(d[key], bool) and kind is not bool):
                 raise ModelError(f"{source}: metadata field '{where}{key}' has the wrong type")
             return d[key]
 

@@ -7,9 +7,10 @@ calls ``on_publish`` under its own mutex, which would deadlock against ours).
 
 Delivery rule, which keeps events in order and loses none within the spool's caps:
 - connected, spool empty, in-flight window not full: publish directly (``replayed: false``);
-- connected, window full: a burst; events wait in the memory queue for PUBACKs (no disk writes),
-  unless that queue is 80 % full or the oldest PUBACK is overdue (a keepalive: not acknowledged);
-- otherwise (disconnected, spool not empty, overdue acks): append to the spool (``replayed: true``)
+- connected, window full or spool being replayed: events wait in the memory queue (no disk
+  writes), unless that queue is 80 % full or the oldest PUBACK is overdue (a keepalive: not
+  acknowledged);
+- otherwise (disconnected, memory queue nearly full, overdue acks): append to the spool (``replayed: true``)
   -- and first move every unacknowledged direct publish into the spool, so the spool always
   holds the oldest undelivered events;
 - spool records are published oldest first once connected (after ``replay_settle_s``, which lets
@@ -266,11 +267,16 @@ class MqttPublisher:
         return oldest is not None and time.monotonic() - oldest.sent_at > self.cfg.keepalive_s
 
     def _backpressure(self) -> bool:
-        if len(self._pending) < self.cfg.max_inflight or len(self.spool) or self._stalled():
-            return False
+        """Connected: should new events wait in memory rather than be taken off the queue now?"""
         if self._stop.is_set() and time.monotonic() >= self._drain_deadline:
             return False
-        return self._queue.qsize() < self.cfg.queue_size * 0.8
+        if self._queue.qsize() >= self.cfg.queue_size * 0.8:
+            return False  # memory is running out: spill to disk
+        if len(self.spool):
+            # Replaying: newer events wait behind the spool in memory instead of being written to
+            # disk and read back (an fsync each), which on an SD card can be slower than they arrive.
+            return True
+        return len(self._pending) >= self.cfg.max_inflight and not self._stalled()
 
     def _drained(self) -> bool:
         if time.monotonic() >= self._drain_deadline:

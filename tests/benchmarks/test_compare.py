@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.compare import HEADING, Latency, latency_table, measure_latency, measure_memory, parse_sizes, write_section
+from benchmarks.compare import (
+    HEADING,
+    Latency,
+    latency_table,
+    measure_latency,
+    measure_memory,
+    parse_sizes,
+    write_section,
+)
 from benchmarks.subjects import collect
 from edge.errors import ConfigError
 from tests.shared_paths import need_shared

@@ -117,8 +117,8 @@ def test_real_peer_finds_faces_on_a_photo(name: str) -> None:
 def test_real_peer_on_openvino_matches_onnxruntime() -> None:
     root = need_shared("weights/peers")
     image = _photo()
-    a = [p for p in peers(root) if p.name == "YuNet-n"][0].open("onnxruntime", 1)
-    b = [p for p in peers(root) if p.name == "YuNet-n"][0].open("openvino", 1)
+    a = next(p for p in peers(root) if p.name == "YuNet-n").open("onnxruntime", 1)
+    b = next(p for p in peers(root) if p.name == "YuNet-n").open("openvino", 1)
     ba, sa = a.detect(image)
     bb, sb = b.detect(image)
     top_a, top_b = ba[sa > 0.5], bb[sb > 0.5]

@@ -100,5 +100,5 @@ class Consumer:
         return predicate(self)
 
     def close(self) -> None:
+        self.client.disconnect()  # wakes the network loop, so loop_stop() returns at once
         self.client.loop_stop()
-        self.client.disconnect()

@@ -74,7 +74,7 @@ def _onnx_bytes(head: nn.Module, example: torch.Tensor, dynamic: bool) -> bytes:
         buf = io.BytesIO()
         program.save(buf)
         return buf.getvalue()
-    except Exception as exc:  # noqa: BLE001 - any capture failure: try the other exporter
+    except Exception as exc:
         log.warning("torch.export could not capture the network (%s); using the TorchScript exporter", exc)
     buf = io.BytesIO()
     axes = {"input": {2: "height", 3: "width"}} if dynamic else None

@@ -15,7 +15,12 @@ from edge.contract import METADATA_KEY, InputSpec, ModelMeta, PriorSpec
 
 # Weights are the floating-point initializers; int64 shape constants the exporter adds are not
 # parameters of the network.
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
 
 
 def weight_tensors(model: onnx.ModelProto) -> list[np.ndarray]:
