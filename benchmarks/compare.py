@@ -250,8 +250,9 @@ def render(info: dict, subjects: list[Subject], rows: dict, groups: list[Latency
         "(`edge/backends.py`): ONNX Runtime "
         "sequential, 1 inter-op thread, no spinning; OpenVINO PERFORMANCE_HINT=LATENCY with "
         "**INFERENCE_PRECISION_HINT=f32 for FP32 models** (this CPU would otherwise run them in bf16); "
-        "INT8 models keep OpenVINO's default precision for their non-quantized parts. Input tensor "
-        "sizes: " + info["inputs"] + ".",
+        "INT8 models keep OpenVINO's default precision for their non-quantized parts. When other jobs "
+        "load the machine, 2 threads can be slower than 1 (the second core is busy elsewhere). Input "
+        "tensor sizes: " + info["inputs"] + ".",
         "",
     ]
     titles = {
@@ -360,7 +361,7 @@ def run(
             "macs": [s.macs(w, h) for w, h in sizes],
         }
     wider = shared / "data" / "wider-val-dev"
-    info["wider"] = f"{wider}"
+    info["wider"] = os.path.relpath(wider, ROOT)
     if accuracy and wider.is_dir():
         for s in subjects:
             if s.is_ir:

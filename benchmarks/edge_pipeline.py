@@ -88,8 +88,8 @@ def run_child(model: str, backend: str, frames: int, threads: int, width: int, h
         daemon = Daemon(cfg)
         code = daemon.run()
         time.sleep(1.0)  # the last deliveries
+        client.disconnect()  # wakes the network loop first
         client.loop_stop()
-        client.disconnect()
     lat = [(rx - ts) * 1e3 for ts, rx in received[len(received) // 10 :]]  # skip warm-up tenth
     m = daemon.metrics
     stats = m.snapshot()

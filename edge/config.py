@@ -159,14 +159,13 @@ class HomeAssistantConfig:
 class DaemonConfig:
     """``[daemon]``: loop behaviour. ``max_frames`` 0 = run until stopped (tests/demo set it)."""
 
-    read_timeout_s: float = 2.0
     max_frames: int = 0
     drain_timeout_s: float = 5.0
     snapshot_on: str = "start"  # "start" = a crop per new track, "none" = never
 
     def __post_init__(self) -> None:
-        if self.read_timeout_s <= 0 or self.drain_timeout_s < 0 or self.max_frames < 0:
-            raise ConfigError("daemon.read_timeout_s must be > 0, drain_timeout_s and max_frames >= 0")
+        if self.drain_timeout_s < 0 or self.max_frames < 0:
+            raise ConfigError("daemon.drain_timeout_s and daemon.max_frames must be >= 0")
         if self.snapshot_on not in ("start", "none"):
             raise ConfigError(f"daemon.snapshot_on must be 'start' or 'none', got {self.snapshot_on!r}")
 
@@ -283,17 +282,24 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def build_table(cls: type, table: dict[str, Any], name: str, origin: str) -> Any:
-    """One dataclass from one TOML table: unknown keys refused, values type-checked, errors located."""
+def build_table(
+    cls: type, table: dict[str, Any], name: str, origin: str, from_env: dict[str, str] | None = None
+) -> Any:
+    """One dataclass from one TOML table: unknown keys refused, values type-checked, errors located.
+
+    ``from_env`` maps keys set by environment variables to the variable's name, for the messages.
+    """
+    from_env = from_env or {}
     if not isinstance(table, dict):
         raise ConfigError(f"{origin}: [{name}] must be a table")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
+        via = f" (from {from_env[key]})" if key in from_env else ""
         if key not in known:
-            raise ConfigError(f"{origin}: [{name}] unknown key '{key}' (known: {', '.join(known)})")
-        kwargs[key] = coerce(value, hints[key], f"{origin}: [{name}] {key}")
+            raise ConfigError(f"{origin}: [{name}] unknown key '{key}'{via} (known: {', '.join(known)})")
+        kwargs[key] = coerce(value, hints[key], f"{origin}: [{name}] {key}{via}")
     try:
         return cls(**kwargs)
     except FeatherFaceError as exc:
@@ -310,8 +316,11 @@ def _env_value(raw: str) -> Any:
         return raw
 
 
-def apply_env(doc: dict[str, Any], environ: dict[str, str], tables: dict[str, type]) -> dict[str, Any]:
-    """Overlay ``FEATHERFACE_<TABLE>__<KEY>=value`` onto the parsed file (table/key case-insensitive)."""
+def apply_env(
+    doc: dict[str, Any], environ: dict[str, str], tables: dict[str, type], sources: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """Overlay ``FEATHERFACE_<TABLE>__<KEY>=value`` onto the parsed file (table/key case-insensitive);
+    ``sources[table][key]`` records which variable set what."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in doc.items()}
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
@@ -324,6 +333,7 @@ def apply_env(doc: dict[str, Any], environ: dict[str, str], tables: dict[str, ty
         hints = typing.get_type_hints(tables[table])
         value: Any = raw if hints.get(key) in (str, Secret, Path) else _env_value(raw)
         out.setdefault(table, {})[key] = value
+        sources.setdefault(table, {})[key] = name
     return out
 
 
@@ -352,8 +362,12 @@ def parse_config(
     for name in doc:
         if name not in tables:
             raise ConfigError(f"{origin}: unknown table [{name}] (known: {', '.join(tables)})")
-    doc = apply_env(doc, environ, tables)
-    built = {name: build_table(cls, doc.get(name, {}), name, origin) for name, cls in tables.items()}
+    env_sources: dict[str, dict[str, str]] = {}
+    doc = apply_env(doc, environ, tables, env_sources)
+    built = {
+        name: build_table(cls, doc.get(name, {}), name, origin, env_sources.get(name))
+        for name, cls in tables.items()
+    }
     built["mqtt"] = _read_password(built["mqtt"], origin, environ)
     return Config(**built, path=origin)
 

@@ -226,7 +226,8 @@ class Daemon:
         assert self.source is not None
         max_frames = self.config.daemon.max_frames
         while not self.stop_event.is_set():
-            frame = self.source.read(self.config.daemon.read_timeout_s)
+            # [source] read_timeout_s also bounds how long a stop request waits for the loop.
+            frame = self.source.read(self.config.source.read_timeout_s)
             if frame is None:
                 if self.source.ended:
                     log.info("source ended")

@@ -10,6 +10,7 @@ demo says so and exits non-zero.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import threading
@@ -21,7 +22,7 @@ import cv2
 
 from edge.annotate import draw
 from edge.broker import EmbeddedBroker
-from edge.config import load_config, parse_config
+from edge.config import MqttConfig, load_config, parse_config
 from edge.daemon import Daemon
 from edge.errors import ModelError
 from edge.model import default_model_path
@@ -30,12 +31,18 @@ from edge.records import Detection
 SAMPLE = Path(__file__).resolve().parent / "samples" / "astronaut.png"
 
 
-def _subscribe(
-    host: str, port: int, topic: str, inbox: list[tuple[str, bytes]], ready: threading.Event
-) -> Any:
+def _subscribe(mqtt: MqttConfig, topic: str, inbox: list[tuple[str, bytes]], ready: threading.Event) -> Any:
+    """A consumer like any other: same broker, credentials and TLS as the daemon."""
     import paho.mqtt.client as paho
 
     client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    if mqtt.username:
+        client.username_pw_set(mqtt.username, mqtt.password.reveal() or None)
+    if mqtt.tls:
+        client.tls_set(
+            ca_certs=mqtt.ca_file or None, certfile=mqtt.cert_file or None, keyfile=mqtt.key_file or None
+        )
+        client.tls_insecure_set(mqtt.tls_insecure)
     client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
     client.on_subscribe = lambda *_: ready.set()
 
@@ -53,7 +60,7 @@ def _subscribe(
             print(f"status  {msg.payload.decode(errors='replace')}", flush=True)
 
     client.on_message = on_message
-    client.connect(host, port)
+    client.connect(mqtt.host, mqtt.port)
     client.loop_start()
     return client
 
@@ -80,10 +87,9 @@ def run_demo(
     h, w = image.shape[:2]
     broker = None
     with tempfile.TemporaryDirectory(prefix="featherface-demo-") as state:
-        if config is not None:
-            mqtt_table = {k: v for k, v in load_config(config).redacted()["mqtt"].items() if k != "password"}
-            mqtt_table.update(password_file="")  # secrets stay in the file the user gave
-        else:
+        user_mqtt = load_config(config).mqtt if config is not None else None
+        mqtt_table: dict[str, Any] = {}
+        if user_mqtt is None:
             broker = EmbeddedBroker().start()
             mqtt_table = {"host": broker.host, "port": broker.port}
             print(f"embedded {broker.kind} broker on {broker.host}:{broker.port}")
@@ -106,11 +112,14 @@ def run_demo(
             origin="demo",
             environ={},
         )
+        if user_mqtt is not None:  # the user's broker, credentials and TLS; the demo's own topics
+            demo_mqtt = dataclasses.replace(
+                user_mqtt, prefix="featherface-demo", client_id="", replay_settle_s=0.0
+            )
+            cfg = dataclasses.replace(cfg, mqtt=demo_mqtt)
         inbox: list[tuple[str, bytes]] = []
         ready = threading.Event()
-        client = _subscribe(
-            cfg.mqtt.host, cfg.mqtt.port, f"{cfg.mqtt.prefix}/{cfg.device.id}/#", inbox, ready
-        )
+        client = _subscribe(cfg.mqtt, f"{cfg.mqtt.prefix}/{cfg.device.id}/#", inbox, ready)
         try:
             ready.wait(10)
             daemon = Daemon(cfg)
@@ -124,8 +133,8 @@ def run_demo(
             while time.monotonic() < deadline and (status_topic, b"stopped") not in inbox:
                 time.sleep(0.05)  # the retained "stopped" is the last thing the daemon publishes
         finally:
+            client.disconnect()  # wakes the network loop first
             client.loop_stop()
-            client.disconnect()
             if broker is not None:
                 broker.close()
     events = [json.loads(p) for t, p in inbox if t.endswith("/event")]

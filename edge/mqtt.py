@@ -87,6 +87,7 @@ class MqttPublisher:
         self._resend_discovery = False
         self._stats_provider: Callable[[], dict[str, Any]] | None = None
         self._stop = threading.Event()
+        self._next_stats = 0.0
         self._drain_deadline = 0.0
         self._worker: threading.Thread | None = None
         self.counters = {
@@ -233,33 +234,44 @@ class MqttPublisher:
 
     # ---- worker -------------------------------------------------------------------------------
     def _run(self) -> None:
-        next_stats = time.monotonic() + self.cfg.stats_interval_s
+        self._next_stats = time.monotonic() + self.cfg.stats_interval_s
         while True:
-            self._sweep()
-            connected = self.connected
-            if connected:
-                self._publish_side_channels()
-                self._replay()
-                if self._stats_provider and time.monotonic() >= next_stats:
-                    next_stats = time.monotonic() + self.cfg.stats_interval_s
-                    self._publish_stats()
-            if connected and self._backpressure():
-                time.sleep(0.005)  # a burst: keep it in memory while PUBACKs come back, not on disk
-                continue
             try:
-                kind, item = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                if self._stop.is_set() and self._drained():
+                if self._step():
                     break
-                continue
-            if kind == "event":
-                self._handle_event(item)
-            elif kind == "snapshot":
-                if connected:
-                    self.client.publish(self.snapshot_topic, item, qos=0)
-                else:
-                    self.counters["dropped_snapshots"] += 1
-        self._spool_unacked()
+            except Exception:  # the worker must outlive any one bad message or disk error
+                log.exception("mqtt: publisher worker error; continuing")
+                time.sleep(0.5)
+        try:
+            self._spool_unacked()
+        except Exception:
+            log.exception("mqtt: could not spool the unacknowledged messages at exit")
+
+    def _step(self) -> bool:
+        """One round of the worker: acks, side channels, replay, one queued message. True = finished."""
+        self._sweep()
+        connected = self.connected
+        if connected:
+            self._publish_side_channels()
+            self._replay()
+            if self._stats_provider and time.monotonic() >= self._next_stats:
+                self._next_stats = time.monotonic() + self.cfg.stats_interval_s
+                self._publish_stats()
+        if connected and self._backpressure():
+            time.sleep(0.005)  # a burst: keep it in memory while PUBACKs come back, not on disk
+            return False
+        try:
+            kind, item = self._queue.get(timeout=0.05)
+        except queue.Empty:
+            return self._stop.is_set() and self._drained()
+        if kind == "event":
+            self._handle_event(item)
+        elif kind == "snapshot":
+            if connected:
+                self.client.publish(self.snapshot_topic, item, qos=0)
+            else:
+                self.counters["dropped_snapshots"] += 1
+        return False
 
     def _stalled(self) -> bool:
         """The oldest in-flight message has waited longer than a keepalive for its PUBACK."""
@@ -312,8 +324,14 @@ class MqttPublisher:
 
     def _to_spool(self, record: dict[str, Any]) -> int:
         payload = dict(record["payload"], replayed=True)
+        try:
+            key = self.spool.append({"topic": record["topic"], "qos": 1, "retain": False, "payload": payload})
+        except OSError as exc:  # disk full or gone: count it as dropped, keep the daemon alive
+            self.spool.dropped["bytes"] += 1
+            log.error("mqtt: cannot write to the spool %s (%s); event dropped", self.spool.directory, exc)
+            return -1
         self.counters["spooled"] += 1
-        return self.spool.append({"topic": record["topic"], "qos": 1, "retain": False, "payload": payload})
+        return key
 
     def _handle_event(self, doc: dict[str, Any]) -> None:
         record = {"topic": self.event_topic, "payload": doc}

@@ -60,3 +60,33 @@ def test_real_latency_and_memory_of_a_peer() -> None:
     assert measure_latency(yunet, "opencv", 1, image, runs=1).ms == {}  # ORT/OV model only
     base, with_model = measure_memory(None, 320, 240), measure_memory(yunet[0], 320, 240)
     assert base > 20_000 and with_model > base  # KiB; the model and its session cost something
+
+
+def test_cli_names_a_missing_model_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benchmarks.compare import app
+
+    res = CliRunner().invoke(app, ["--model", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "b.md")])
+    assert res.exit_code == 2
+    assert "nope.onnx does not exist" in res.output
+    assert not (tmp_path / "b.md").exists()
+
+
+@pytest.mark.slow
+def test_cli_benchmarks_the_peers_alone_when_no_model_is_shipped(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benchmarks.compare import app
+    from edge.model import default_model_path
+
+    if default_model_path().is_file():
+        pytest.skip("a Nano-B model is shipped: the peers-only path does not apply")
+    shared = need_shared("weights/peers").parents[1]
+    out = tmp_path / "b.md"
+    args = ["--shared", str(shared), "--runs", "2", "--sizes", "320x240", "--no-accuracy", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert "does not exist yet: peers only" in text
+    assert "| YuNet-n | `yunet_n_dynamic.onnx` |" in text and "(**1.00×**)" in text

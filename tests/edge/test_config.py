@@ -94,11 +94,13 @@ def test_environment_overrides(tmp_path: Path) -> None:
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.tls) == ("env-host", 8883, True)
     assert cfg.detector.roi == ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0))
     assert cfg.device.id == "1234"
-    with pytest.raises(ConfigError, match=r"\[mqtt\] port: expected an integer, got 'eighty'"):
+    with pytest.raises(
+        ConfigError, match=r"\[mqtt\] port \(from FEATHERFACE_MQTT__PORT\): expected an integer"
+    ):
         load_config(path, environ={"FEATHERFACE_MQTT__PORT": "eighty"})
     with pytest.raises(ConfigError, match="FEATHERFACE_NOPE__X: unknown table"):
         load_config(path, environ={"FEATHERFACE_NOPE__X": "1"})
-    with pytest.raises(ConfigError, match="unknown key 'colour'"):
+    with pytest.raises(ConfigError, match="unknown key 'colour' \\(from FEATHERFACE_SOURCE__COLOUR\\)"):
         load_config(path, environ={"FEATHERFACE_SOURCE__COLOUR": "1"})
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 from typer.testing import CliRunner
 
+from edge.broker import EmbeddedBroker
 from edge.cli import app
 from edge.demo import SAMPLE
 from edge.model import default_model_path
@@ -37,3 +38,16 @@ def test_demo_runs_the_pipeline_with_a_model(tiny_onnx: Path, tmp_path: Path) ->
     assert "status  stopped" in result.output
     image = cv2.imread(str(out))
     assert image is not None and image.shape[:2] == (512, 512)
+
+
+def test_demo_uses_the_configured_broker(
+    tiny_onnx: Path, tmp_path: Path, mqtt_broker: EmbeddedBroker
+) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text(f"[mqtt]\nhost = '{mqtt_broker.host}'\nport = {mqtt_broker.port}\n")
+    out = tmp_path / "demo.jpg"
+    result = CliRunner().invoke(
+        app, ["demo", "--model", str(tiny_onnx), "--frames", "4", "--out", str(out), "--config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "embedded" not in result.output and "status  stopped" in result.output and out.is_file()

@@ -157,8 +157,8 @@ def test_home_assistant_discovery_and_hostile_messages(
         assert consumer.wait_for(lambda c: len(c.on("/event")) == 1, 5)
     finally:
         pub.stop()
+        other.disconnect()  # wakes the network loop first
         other.loop_stop()
-        other.disconnect()
         consumer.close()
         # Clear retained discovery so it does not leak into other tests' subscriptions.
         for topic in {m.topic for m in consumer.on("/config")}:

@@ -155,8 +155,8 @@ def test_tls_client_certificate_and_password(
         assert b'"type": "start"' in got.get("sec/dev/cam/event", b"")
     finally:
         pub.stop()
+        sub.disconnect()  # wakes the network loop first
         sub.loop_stop()
-        sub.disconnect()
     assert PASSWORD not in caplog.text
 
 
