@@ -188,3 +188,14 @@ def test_cpu_temperature_reads_thermal_zones(tmp_path: Path) -> None:
     (zone / "temp").write_text("48312\n")
     assert cpu_temperature_c(tmp_path) == 48.3
     assert cpu_temperature_c(tmp_path / "none") is None
+
+
+def test_notifier_is_a_no_op_outside_systemd() -> None:
+    n = Notifier({})
+    assert not n.active and not n.send("READY=1")
+    n.ready()
+    n.watchdog()
+    n.stopping()
+    inherited = Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert inherited.watchdog_period_s == 0.0  # meant for another process
+    inherited.close()
