@@ -27,8 +27,9 @@ DEFAULT_MODEL_NAME = "featherface-nano-b.onnx"
 # ONNX TensorProto.DataType codes of weight tensors: floating point (FLOAT, FLOAT16, DOUBLE, BFLOAT16)
 # and, for INT8 models, 8- and 4-bit integers (UINT8, INT8, UINT4, INT4). INT32/INT64 initializers are
 # shape constants an exporter adds, not parameters. For a float model this is exactly the trainer's
-# count (trainer/export/metadata.py), so the two numbers can be compared.
-_ONNX_WEIGHT_TYPES = {1, 10, 11, 16, 2, 3, 21, 22}
+# count (trainer/export/metadata.py imports this set), so the two numbers can be compared. Scalars
+# (an epsilon, a divisor) are constants of the graph, not weights, and are not counted either.
+ONNX_WEIGHT_TYPES = frozenset({1, 10, 11, 16, 2, 3, 21, 22})
 _IR_WEIGHT_TYPES = {"f32", "f16", "f64", "bf16", "u8", "i8", "u4", "i4"}
 
 
@@ -213,7 +214,7 @@ def _read_onnx(p: Path) -> ModelFile:
                         name = bytes(tval).decode("utf-8", "replace")  # type: ignore[arg-type]
                 size = math.prod(dims)
                 elements += size
-                params += size if dtype in _ONNX_WEIGHT_TYPES else 0
+                params += size if dtype in ONNX_WEIGHT_TYPES and dims else 0
                 initializer_names.add(name)
             elif num == 11:
                 inputs.append(_value_info(val))  # type: ignore[arg-type]

@@ -35,11 +35,18 @@ def evaluate(
     predictions: Annotated[Path | None, typer.Option(help="Write <event>/<name>.txt here.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first K images only.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the PR-curve PNGs.")] = None,
+    events: Annotated[
+        str | None, typer.Option(help="Only these event numbers, e.g. 0,3,9 (a held-out split).")
+    ] = None,
 ) -> None:
     """Official WIDER FACE easy/medium/hard AP, parameters and MACs of MODEL; PR curves as PNG."""
     from trainer.eval.report import run_evaluation
 
-    report = run_evaluation(model, wider_val, arch, scale, predictions, limit, out)
+    try:
+        event_list = [int(e) for e in events.split(",")] if events else None
+    except ValueError:
+        raise typer.BadParameter(f"--events wants comma-separated numbers, got {events!r}") from None
+    report = run_evaluation(model, wider_val, arch, scale, predictions, limit, out, events=event_list)
     for line in report.lines():
         typer.echo(line)
 

@@ -387,3 +387,15 @@ def test_cli_missing_dataset_is_one_line_error(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "WIDER FACE val folder not found" in err
+
+
+def test_only_events_keeps_a_held_out_split() -> None:
+    from trainer.eval.widerface import WiderGroundTruth, WiderImage
+
+    def img(event: str, name: str) -> WiderImage:
+        return WiderImage(event=event, name=name, boxes=np.zeros((0, 4)), keep={})
+
+    gt = WiderGroundTruth((img("0--Parade", "a"), img("3--Riot", "b"), img("12--Group", "c")))
+    assert [i.name for i in gt.only_events([0, 12]).images] == ["a", "c"]
+    assert gt.only_events(None) is gt
+    assert len(gt.only_events([5])) == 0

@@ -28,18 +28,20 @@ def count_macs(model: Any, width: int, height: int) -> int:
 
 
 def count_parameters(model: Any) -> int:
-    """Parameters: ``numel`` of an ``nn.Module``'s parameters, or for ONNX the sum of the sizes of the
-    non-scalar floating-point initializers and constants (the weights as stored in the file)."""
+    """Parameters: ``numel`` of an ``nn.Module``'s parameters, or for ONNX the weights as stored in the
+    file (``trainer.export.metadata.parameter_count``, the edge's rule) plus weights that other
+    exporters keep in ``Constant`` nodes (some peer models)."""
     if hasattr(model, "graph") and hasattr(model, "opset_import"):
-        from onnx import TensorProto, numpy_helper
+        from onnx import numpy_helper
 
-        floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
-        # scalars (a division by 255, an epsilon) are graph constants, not weights
-        total = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in floats and t.dims)
+        from edge.model import ONNX_WEIGHT_TYPES
+        from trainer.export.metadata import parameter_count
+
+        total = parameter_count(model)
         for node in model.graph.node:
             if node.op_type == "Constant":
                 for attr in node.attribute:
-                    if attr.name == "value" and attr.t.data_type in floats and attr.t.dims:
+                    if attr.name == "value" and attr.t.data_type in ONNX_WEIGHT_TYPES and attr.t.dims:
                         total += int(numpy_helper.to_array(attr.t).size)
         return total
     return sum(p.numel() for p in model.parameters())

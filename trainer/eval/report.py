@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.errors import DatasetError
 from trainer.eval.widerface import (
     SETTINGS,
     WiderResult,
@@ -63,11 +64,13 @@ def run_evaluation(
     limit: int | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    events: list[int] | None = None,
 ) -> EvaluationReport:
     """Evaluate ``model`` (``.pth`` checkpoint, ``.onnx`` file, or a WIDER prediction folder) on the
     val set at ``wider_val`` (``WIDER_val/images`` + ``ground_truth/*.mat``).
 
-    ``limit`` keeps the first K images (and only their faces count). Predictions are written to
+    ``limit`` keeps the first K images (and only their faces count); ``events`` keeps those event
+    numbers only (a held-out split). Predictions are written to
     ``predictions`` when given; PR-curve PNGs go to ``out``, else beside the predictions, else to
     ``runs/evaluate/<model name>``.
     """
@@ -77,7 +80,9 @@ def run_evaluation(
     start = time.perf_counter()
     model = Path(model)
     images_dir, gt_dir = locate_wider_val(wider_val)
-    gt = load_ground_truth(gt_dir).head(limit)
+    gt = load_ground_truth(gt_dir).only_events(events).head(limit)
+    if len(gt) == 0:
+        raise DatasetError(f"{gt_dir}: no images left after --events {events} / --limit {limit}")
     report_kw: dict = {}
     if model.is_dir():  # a folder of <event>/<name>.txt: evaluate it as is
         preds = read_predictions(model)

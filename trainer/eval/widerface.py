@@ -70,6 +70,15 @@ class WiderGroundTruth:
         """The first ``count`` images (all when ``None``): evaluation then counts only their faces."""
         return self if count is None else WiderGroundTruth(self.images[: max(count, 0)])
 
+    def only_events(self, events: Iterable[int] | None) -> WiderGroundTruth:
+        """The images of the given event numbers (``0`` = ``0--Parade``); all when ``None``.
+
+        How a held-out split is scored without the images a model was trained on."""
+        if events is None:
+            return self
+        wanted = {int(e) for e in events}
+        return WiderGroundTruth(tuple(i for i in self.images if int(i.event.split("--")[0]) in wanted))
+
     def faces(self, setting: str) -> int:
         return sum(len(img.keep[setting]) for img in self.images)
 

@@ -12,20 +12,17 @@ import onnx
 from onnx import numpy_helper
 
 from edge.contract import METADATA_KEY, InputSpec, ModelMeta, PriorSpec
-
-# Weights are the floating-point initializers; int64 shape constants the exporter adds are not
-# parameters of the network.
-_FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.DOUBLE,
-    onnx.TensorProto.BFLOAT16,
-}
+from edge.model import ONNX_WEIGHT_TYPES
 
 
 def weight_tensors(model: onnx.ModelProto) -> list[np.ndarray]:
-    """The graph's floating-point initializers (the weights), in file order."""
-    return [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type in _FLOAT_TYPES]
+    """The graph's weight initializers in file order: floating point, or 8/4-bit integers in an INT8
+    model; not int32/int64 shape constants, not scalars. The edge counts by the same rule."""
+    return [
+        numpy_helper.to_array(t)
+        for t in model.graph.initializer
+        if t.data_type in ONNX_WEIGHT_TYPES and len(t.dims) > 0
+    ]
 
 
 def parameter_count(model: onnx.ModelProto) -> int:

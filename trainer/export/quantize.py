@@ -7,6 +7,7 @@ IR. Both see the same calibration tensors, prepared exactly as the edge prepares
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -75,7 +76,12 @@ def quantize_onnx(fp32: Path, out: Path, meta: ModelMeta, calib: Sequence[str | 
         calibrate_method=CalibrationMethod.MinMax,
     )
     model = onnx.load(out)
-    metadata.attach(model, _int8_meta(meta, "onnxruntime-static-qdq", len(tensors)))
+    int8_meta = _int8_meta(meta, "onnxruntime-static-qdq", len(tensors))
+    # The file now stores int8 weights (+ scales): state what it holds, not the FP32 network's count.
+    int8_meta = replace(
+        int8_meta, parameters=metadata.parameter_count(model), weights_sha256=metadata.weights_sha256(model)
+    )
+    metadata.attach(model, int8_meta)
     onnx.save(model, out)
     return out
 
@@ -91,13 +97,17 @@ def quantize_openvino(
     tensors = list(calibration_tensors(calibration_files(calib), meta))
     if not tensors:
         raise DatasetError(f"none of the calibration images in {calib} could be read")
+    from edge.model import read_model
+
     model = ov.convert_model(str(fp32))
     quantized = nncf.quantize(model, nncf.Dataset(tensors), subset_size=len(tensors))
-    return save_ir(fp32, xml, _int8_meta(meta, "nncf-ptq", len(tensors)), ov_model=quantized)
+    int8_meta = _int8_meta(meta, "nncf-ptq", len(tensors))
+    save_ir(fp32, xml, int8_meta, ov_model=quantized)
+    # Count what the IR stores the way the edge does, then state it (the weights are int8 now).
+    stored = read_model(xml).parameters
+    return save_ir(fp32, xml, replace(int8_meta, parameters=stored, weights_sha256=""), ov_model=quantized)
 
 
 def _int8_meta(meta: ModelMeta, method: str, images: int) -> ModelMeta:
-    from dataclasses import replace
-
     prov = {**meta.provenance, "quantization": {"method": method, "calibration_images": images}}
     return replace(meta, version=f"{meta.version}+int8", provenance=prov)
