@@ -48,6 +48,33 @@ def test_event_split_is_disjoint_and_holds_out_events() -> None:
     assert event_number("12--Group") == 12
 
 
+def test_held_out_images_in_another_source_are_refused(tmp_path: Path) -> None:
+    """A copy of a held-out image among the pseudo-label photos (any name) stops the run."""
+    import shutil
+    from types import SimpleNamespace
+
+    from edge.errors import DatasetError
+    from trainer.data.wider import read_wider
+    from trainer.pipeline.data import guard_against_leakage
+
+    root = need_shared("data/wider-val-dev")
+    _, val = split_wider(read_wider(root), (0, 3, 9))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(need_shared("data/photos/1.jpg"), photos / "a.jpg")
+    clean = SimpleNamespace(label_file="", pseudo_images=str(photos), background_photos="")
+    guard_against_leakage(val, clean)  # unrelated photos pass
+    shutil.copy(val[0].image, photos / "innocent.jpg")
+    with pytest.raises(DatasetError, match=r"data.pseudo_images: .*innocent.jpg is the held-out"):
+        guard_against_leakage(val, clean)
+    # The whole dev label file lists the held-out events too.
+    listed = SimpleNamespace(
+        label_file=str(root / "label.txt"), image_root="", pseudo_images="", background_photos=""
+    )
+    with pytest.raises(DatasetError, match="data.label_file"):
+        guard_against_leakage(val, listed)
+
+
 def test_recalibrate_bn_changes_statistics_not_weights() -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))

@@ -9,7 +9,8 @@ check it).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,36 @@ def split_wider(
             raise DatasetError("WIDER samples must be image files")
         (val if event_number(Path(s.image).parent.name) in val_events else train).append(s)
     return train, val
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def guard_against_leakage(val: list[FaceSample], cfg: object) -> None:
+    """Refuse a run whose other sources (label file, pseudo-label or background folders) contain a
+    held-out image — by path or by content, since copies are the usual way it happens."""
+    from trainer.data.labels import read_label_txt
+    from trainer.data.pseudo import list_images
+
+    held = {_digest(Path(s.image)): Path(s.image) for s in val if s.image is not None}
+    if not held:
+        return
+    sources: list[tuple[str, Iterable[Path]]] = []
+    if getattr(cfg, "label_file", ""):
+        samples = read_label_txt(cfg.label_file, getattr(cfg, "image_root", "") or None)  # type: ignore[attr-defined]
+        sources.append(("data.label_file", (Path(s.image) for s in samples if s.image is not None)))
+    for key in ("pseudo_images", "background_photos"):
+        if getattr(cfg, key, ""):
+            sources.append((f"data.{key}", list_images(getattr(cfg, key))))
+    for key, paths in sources:
+        for path in paths:
+            twin = held.get(_digest(path))
+            if twin is not None:
+                raise DatasetError(
+                    f"{key}: {path} is the held-out validation image {twin} (split.val_events); "
+                    "remove it from the training sources"
+                )
 
 
 def teacher_detector(teacher: torch.nn.Module, scale: int = 640):
@@ -87,6 +118,13 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
     if cfg.wider_root:
         train_s, val_s = split_wider(read_wider(cfg.wider_root), split.val_events)
         train_n, val_n = len(train_s), len(val_s)
+        if split.val_events and not val_s:
+            present = sorted({event_number(Path(s.image).parent.name) for s in train_s if s.image})
+            raise DatasetError(
+                f"split.val_events {list(split.val_events)} match no event under {cfg.wider_root} "
+                f"(events present: {present})"
+            )
+        guard_against_leakage(val_s, cfg)
         if train_s:
             parts.append(
                 FaceDataset(train_s, TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror), seed)

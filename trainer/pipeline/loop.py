@@ -165,7 +165,7 @@ def load_student(path: str | Path) -> tuple[NanoB, dict | None]:
     if not path.is_file():
         raise ModelError(f"Nano-B file not found: {path}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelError(f"cannot read Nano-B file {path}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(blob, dict) or blob.get("arch") != "nano_b":
