@@ -71,7 +71,7 @@ def test_held_out_images_in_another_source_are_refused(tmp_path: Path) -> None:
     listed = SimpleNamespace(
         label_file=str(root / "label.txt"), image_root="", pseudo_images="", background_photos=""
     )
-    with pytest.raises(DatasetError, match="data.label_file"):
+    with pytest.raises(DatasetError, match=r"data\.label_file"):
         guard_against_leakage(val, listed)
 
 
