@@ -108,6 +108,7 @@ def test_pruned_student_file_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     """Distill -> search (2 trials) -> soft prune -> removal -> fine-tune at 64 px, then ONNX + reload."""
     need_shared("weights/featherface_v1_official.pth")

@@ -102,6 +102,11 @@ def load_torch_model(path: str | Path, arch: str | None = None) -> tuple[Any, st
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"cannot read model file {path}: {reason}") from exc
     config: dict[str, Any] = {}
+    if isinstance(obj, Mapping) and obj.get("arch") == "nano_b" and "spec" in obj:
+        # A pipeline student file: possibly pruned, so its widths come from the saved spec.
+        from trainer.pipeline.loop import load_student
+
+        return load_student(path)[0].eval(), "nano_b"
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         arch = arch or obj.get("arch")
         config = dict(obj.get("config") or {})
