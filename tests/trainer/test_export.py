@@ -217,12 +217,13 @@ def test_shipped_model_detections_agree_across_runtimes() -> None:
     """The bundled Nano-B on the bundled sample: ONNX Runtime and OpenVINO give the same faces."""
     import cv2
 
+    from edge.demo import SAMPLE
     from edge.model import default_model_path
 
     path = default_model_path()
     if not path.is_file():
         pytest.skip(f"no bundled default model yet ({path})")
-    image = cv2.imread(str(Path(__import__("edge").__file__).parent / "samples" / "astronaut.png"))
+    image = cv2.imread(str(SAMPLE))
     a = load_detector(path, backend="onnxruntime", threads=1, score_threshold=0.5).detect(image)
     b = load_detector(path, backend="openvino", threads=1, score_threshold=0.5).detect(image)
     assert a, "the shipped model finds the astronaut's face"
