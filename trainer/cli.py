@@ -134,18 +134,29 @@ def nano_b(
     config: Annotated[Path, typer.Option(help="Pipeline TOML, e.g. trainer/configs/nano_b_cpu.toml.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default: [run] out_dir).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed run in the same folder.")] = False,
+    until: Annotated[
+        str, typer.Option(help="Stop after this phase: phase1, phase2 or phase3 (the whole run).")
+    ] = "phase3",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key, TOML value: --set distill.alpha=0 (repeatable)."),
+    ] = None,
 ) -> None:
     """Nano-B: distill from V1, B-FPGM prune, fine-tune, export ONNX (three resumable phases)."""
     import json
     import logging
 
+    from trainer.config import override, parse_assignments
     from trainer.pipeline.recipe import load_recipe
     from trainer.pipeline.run import run_nano_b
 
     # Our own progress at INFO; the exporters' chatty INFO logs (onnxscript passes) stay quiet.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("trainer").setLevel(logging.INFO)
-    summary = run_nano_b(load_recipe(config), out, resume)
+    recipe = load_recipe(config)
+    if set_:
+        recipe = override(recipe, parse_assignments(set_), source="--set")
+    summary = run_nano_b(recipe, out, resume, until)
     typer.echo(json.dumps(summary, indent=1, default=str))
 
 

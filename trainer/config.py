@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -92,6 +92,25 @@ def override(cfg: T, values: Mapping[str, Any], source: str = "command line") ->
             raise ConfigError(f"{source}: unknown key {dotted!r}")
         node[leaf] = str(value) if isinstance(value, Path) else value
     return from_dict(type(cfg), data, source=source)
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
+    """``["distill.alpha=0", "run.device=\"cuda\""]`` -> ``{"distill.alpha": 0, ...}``.
+
+    The value is read as a TOML value (numbers, booleans, ``[1, 2]``, quoted strings); anything that is
+    not valid TOML is taken as a bare string, so ``run.device=cuda`` works too.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out[key.strip()] = value
+    return out
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:

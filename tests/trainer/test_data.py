@@ -13,7 +13,7 @@ import torch
 from edge.errors import DatasetError
 from tests.shared_paths import need_shared
 from trainer.data.augment import TrainTransform, mirror, random_crop
-from trainer.data.dataset import DataConfig, FaceDataset, build_dataset, build_loader
+from trainer.data.dataset import DataConfig, FaceDataset, build_dataset, build_loader, endless_batches
 from trainer.data.labels import read_label_txt, write_label_txt
 from trainer.data.pseudo import pseudo_label
 from trainer.data.synthetic import FaceCrops, face_box_from_points, load_face_crops, make_scene
@@ -269,3 +269,22 @@ def test_pseudo_labels_from_a_real_onnx_teacher_feed_the_dataset(tmp_path: Path)
     image, target = ds[0]
     assert image.shape == (3, 128, 128) and len(target) >= 1
     assert (target[:, 14] == 1).all()  # the RetinaFace teacher gives landmarks for every face
+
+
+def test_endless_batches_match_per_epoch_loaders_and_resume(tmp_path: Path) -> None:
+    """One persistent-worker loader gives exactly the per-epoch loaders' batches, across epochs, with
+    workers or without, and from any start batch (a resumed run)."""
+    _write_images(tmp_path / "images", [f"{i}.jpg" for i in range(6)], size=(100, 80))
+    (tmp_path / "label.txt").write_text("".join(f"# {i}.jpg\n{FACE}\n" for i in range(6)))
+    ds = build_dataset(DataConfig(label_file=str(tmp_path / "label.txt"), img_dim=64), seed=7)
+    expected = [x for epoch in range(3) for x, _ in build_loader(ds, 2, epoch, seed=7)]  # 3 per epoch
+
+    def take(n: int, workers: int = 0, start: int = 0) -> list[torch.Tensor]:
+        stream = endless_batches(ds, 2, seed=7, num_workers=workers, start_batch=start)
+        return [next(stream)[0] for _ in range(n)]
+
+    for got in (take(9), take(9, workers=2)):
+        assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(take(5, start=4), expected[4:], strict=True))
+    with pytest.raises(DatasetError, match="smaller than one batch"):
+        next(endless_batches(ds, 7))

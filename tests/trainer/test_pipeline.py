@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from trainer.pipeline.recipe import load_recipe
 CONFIGS = Path(__file__).resolve().parents[2] / "trainer" / "configs"
 
 
-@pytest.mark.parametrize("name", ["nano_b_cpu.toml", "nano_b_gpu.toml"])
+@pytest.mark.parametrize("name", ["nano_b_cpu.toml", "nano_b_gpu.toml", "nano_b_shared_gpu.toml"])
 def test_shipped_configs_load(name: str) -> None:
     recipe = load_recipe(CONFIGS / name)
     assert recipe.distill.alpha == 0.7 and recipe.distill.temperature == 4.0
@@ -34,6 +33,46 @@ def test_config_unknown_key_names_table(tmp_path: Path) -> None:
     bad.write_text("[prune]\ntrails = 3\n")
     with pytest.raises(ConfigError, match="trails"):
         load_recipe(bad)
+
+
+def test_set_assignments_override_the_recipe() -> None:
+    from trainer.config import override, parse_assignments
+
+    values = parse_assignments(
+        ["distill.alpha=0", "run.device=cuda", 'data.pseudo_images=""', "run.export=false"]
+    )
+    assert values == {"distill.alpha": 0, "run.device": "cuda", "data.pseudo_images": "", "run.export": False}
+    recipe = override(load_recipe(CONFIGS / "nano_b_cpu.toml"), values, source="--set")
+    assert recipe.distill.alpha == 0.0 and recipe.run.device == "cuda" and not recipe.run.export
+    assert recipe.prune.trials == 15  # the rest comes from the file
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_assignments(["distill.alpha"])
+    with pytest.raises(ConfigError, match=r"--set: unknown key 'distill\.alfa'"):
+        override(recipe, {"distill.alfa": 1}, source="--set")
+    with pytest.raises(ConfigError, match="settle_fraction"):
+        override(recipe, {"prune.settle_fraction": 1.0}, source="--set")
+
+
+def test_nano_b_cli_rejects_bad_set_and_until(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import sys
+
+    from trainer import cli
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(
+            sys, "argv", ["featherface-train", "nano-b", "--config", str(CONFIGS / "nano_b_cpu.toml"), *args]
+        )
+        with pytest.raises(SystemExit) as info:
+            cli.main()
+        return int(info.value.code or 0)
+
+    assert run("--set", "phase1.stpes=3", "--out", str(tmp_path / "a")) == 2
+    assert "error: --set: unknown key 'phase1.stpes'" in capsys.readouterr().err
+    assert run("--until", "phase4", "--out", str(tmp_path / "b")) == 2
+    assert "until must be one of phase1, phase2, phase3" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any work
 
 
 def test_event_split_is_disjoint_and_holds_out_events() -> None:
@@ -108,43 +147,39 @@ def test_pruned_student_file_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.shared
-@pytest.mark.slow
 def test_whole_pipeline_tiny(tmp_path: Path) -> None:
-    """Distill -> search (2 trials) -> soft prune -> removal -> fine-tune at 64 px, then ONNX + reload."""
+    """Distill (stop, resume) -> search (2 trials) -> soft prune with a settle stretch -> removal ->
+    fine-tune at 64 px -> ONNX export with metadata; the exported file runs in ONNX Runtime like the
+    student does, and a finished run resumes to the same files without work."""
     need_shared("weights/featherface_v1_official.pth")
     need_shared("data/wider-val-dev")
-    from trainer.pipeline.run import run_nano_b
+    from edge.model import read_model
+    from trainer.pipeline.run import run_nano_b, with_overrides
 
-    recipe = load_recipe(CONFIGS / "nano_b_cpu.toml")
-    tiny = {
-        "run": {
+    recipe = with_overrides(
+        load_recipe(CONFIGS / "nano_b_cpu.toml"),
+        run={
             "out_dir": str(tmp_path / "run"),
-            "threads": 2,
+            "threads": 1,
             "log_every": 1,
             "ckpt_every": 1,
             "progress": False,
-            "export": False,
             "bn_recalibration": 1,
+            "export_size": (96, 64),
         },
-        "teacher": {"deformable": False},
-        "data": {
-            "synthetic_scenes": 0,
-            "pseudo_images": "",
-            "img_dim": 64,
-            "batch_size": 2,
-            "num_workers": 0,
-        },
-        "split": {"val_scale": 96, "val_limit": 2},
-        "phase1": {"steps": 2},
-        "prune": {"trials": 2, "recovery_steps": 1, "soft_steps": 2, "soft_boundaries": 2, "trace_size": 64},
-        "phase3": {"steps": 1},
-    }
-    recipe = dataclasses.replace(
-        recipe, **{k: dataclasses.replace(getattr(recipe, k), **v) for k, v in tiny.items()}
+        teacher={"deformable": False},
+        data={"synthetic_scenes": 0, "pseudo_images": "", "img_dim": 64, "batch_size": 2, "num_workers": 0},
+        split={"val_scale": 96, "val_limit": 2},
+        phase1={"steps": 2},
+        prune={"trials": 2, "recovery_steps": 1, "soft_steps": 4, "soft_boundaries": 2, "trace_size": 64},
+        phase3={"steps": 1},
     )
     start = time.perf_counter()
-    summary = run_nano_b(recipe)
+    first = run_nano_b(recipe, until="phase1")
     out = tmp_path / "run"
+    assert first["files"]["phase2"] is None and not (out / "phase2").exists()
+    summary = run_nano_b(recipe, resume=True)
+    assert summary["files"]["phase1"] == first["files"]["phase1"]
     assert summary["phase2"]["params"] < summary["phase2"]["params_before"]
     assert (out / "phase2" / "search" / "best_rates.json").is_file()
     for phase in ("phase1", "phase2", "phase3"):
@@ -158,18 +193,12 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
 
     import onnxruntime as ort
 
-    onnx_path = tmp_path / "nano_b.onnx"
-    torch.onnx.export(
-        student,
-        (x,),
-        str(onnx_path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["loc", "conf", "landmarks"],
-    )
+    onnx_path = Path(summary["files"]["onnx"])
+    info = read_model(onnx_path)  # the edge's reader: contract metadata present, parameters counted
+    assert 0 < info.parameters < summary["phase2"]["params_before"]
+    assert info.meta.parameters == info.parameters
     got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()}
+        None, {info.inputs[0].name: x.numpy()}
     )
     np.testing.assert_allclose(got[0], loc.numpy(), rtol=1e-3, atol=1e-3)
 

@@ -52,6 +52,10 @@ def test_fewer_than_min_trials_refused() -> None:
     with pytest.raises(ConfigError, match=f">= {MIN_TRIALS}"):
         SearchConfig(n_trials=MIN_TRIALS - 1)
     assert SearchConfig().n_trials == 25
+    # Smoke runs say so explicitly; even then a search needs one trial.
+    assert SearchConfig(n_trials=2, allow_few_trials=True).n_trials == 2
+    with pytest.raises(ConfigError, match=">= 1"):
+        SearchConfig(n_trials=0, allow_few_trials=True)
 
 
 def test_sampled_rates_respect_bounds() -> None:

@@ -71,12 +71,14 @@ def torch_runner(model: Any, name: str = "torch") -> Runner:
     import torch
 
     model.eval()
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")  # e.g. a teacher on the GPU
 
     def forward(blob: np.ndarray) -> RawOutputs:
         with torch.inference_mode():
-            loc, conf, ldm = model(torch.from_numpy(blob))[:3]
-        conf_np = conf[0].float().numpy()
-        return loc[0].float().numpy(), _softmax_face(conf_np), ldm[0].float().numpy()
+            outs = model(torch.from_numpy(blob).to(device))[:3]
+        loc, conf, ldm = (t[0].float().cpu().numpy() for t in outs)
+        return loc, _softmax_face(conf), ldm
 
     return Runner(name=name, forward=forward, model=model)
 

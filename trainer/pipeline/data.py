@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from edge.errors import DatasetError
 from trainer.data.augment import EvalTransform, TrainTransform
-from trainer.data.dataset import EpochConcat, FaceDataset, batches_per_epoch, build_dataset, build_loader
+from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset, endless_batches
 from trainer.data.labels import FaceSample
 from trainer.data.wider import read_wider
 from trainer.eval.widerface import WiderGroundTruth, load_ground_truth, locate_wider_val
@@ -150,10 +150,4 @@ def batch_stream(
     dataset: Dataset, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0
 ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
     """Endless batches epoch after epoch; starting at ``start_step`` replays nothing already seen."""
-    per_epoch = batches_per_epoch(dataset, batch_size)
-    if per_epoch < 1:
-        raise DatasetError(f"training set of {len(dataset)} images is smaller than one batch of {batch_size}")  # type: ignore[arg-type]
-    epoch, skip = divmod(start_step, per_epoch)
-    while True:
-        yield from build_loader(dataset, batch_size, epoch, seed, num_workers, skip_batches=skip)
-        epoch, skip = epoch + 1, 0
+    return endless_batches(dataset, batch_size, seed, num_workers, start_batch=start_step)

@@ -147,6 +147,13 @@ def save_student(path: str | Path, model: NanoB, spec: dict | None, extra: dict 
     return path
 
 
+def load_kd_state(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The KD loss's learned weights saved with a student (None in files written before they were)."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    state = blob.get("kd_state") if isinstance(blob, dict) else None
+    return dict(state) if state else None
+
+
 def build_student(cfg: NanoBConfig, spec: dict | None) -> NanoB:
     """A Nano-B of ``cfg``, physically pruned to ``spec`` when one is given (weights not loaded)."""
     model = NanoB(cfg)

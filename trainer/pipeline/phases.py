@@ -23,6 +23,7 @@ from trainer.models.init_from_teacher import init_backbone_imagenet, init_from_t
 from trainer.models.nano_b import NanoB
 from trainer.pipeline.data import batch_stream
 from trainer.pipeline.loop import (
+    load_kd_state,
     load_student,
     make_losses,
     recalibrate_bn,
@@ -34,7 +35,7 @@ from trainer.pipeline.train import PhaseContext, train_steps
 from trainer.prune.groups import model_groups
 from trainer.prune.search import MIN_TRIALS, SearchConfig, load_best_rates, run_search
 from trainer.prune.soft import SoftPruner
-from trainer.prune.surgery import analyse, count_params, dry_run_params, prune_spec, remove_channels
+from trainer.prune.surgery import ParamCounter, analyse, count_params, prune_spec, remove_channels
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,10 @@ def phase1_distill(ctx: PhaseContext) -> Path:
     if not (ctx.resume and (out / "last.pt").is_file()):
         _recalibrate(ctx, student)
 
-    train_steps(ctx, student, recipe.phase1.steps, recipe.phase1.lr_scale, out, "phase 1: distill")
+    kd = train_steps(ctx, student, recipe.phase1.steps, recipe.phase1.lr_scale, out, "phase 1: distill")
     metrics = evaluate_student(ctx, student)
     _write_json(out / "eval.json", metrics)
-    save_student(final, student, spec=None, extra={"eval": metrics})
+    save_student(final, student, spec=None, extra={"eval": metrics, "kd_state": kd})
     return final
 
 
@@ -107,19 +108,19 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
         return final
     recipe, pcfg = ctx.recipe, ctx.recipe.prune
     student, _ = load_student(phase1)
+    kd_state = load_kd_state(phase1)
     example = torch.zeros(1, 3, pcfg.trace_size, pcfg.trace_size)
     groups = model_groups(student)
     plan = analyse(student, example, groups)
+    # The penalty counts what DESIGN §2 counts: parameters of the exported file (BN folded into convs).
+    param_count = ParamCounter(student, groups, example)
 
     # 1. Bayesian search: each trial prunes a copy at its rates, recovers briefly, scores held-out data.
-    def param_count(rates: dict[str, float]) -> int:
-        return dry_run_params(student, plan, rates, example)
-
     def objective(rates: dict[str, float]) -> float:
         trial = copy.deepcopy(student)
         remove_channels(trial, plan.select(trial, rates), example)
         _recalibrate(ctx, trial)
-        train_steps(ctx, trial, pcfg.recovery_steps, pcfg.lr_scale)
+        train_steps(ctx, trial, pcfg.recovery_steps, pcfg.lr_scale, kd_state=kd_state)
         # Lower is better: the held-out MultiBox loss, or minus the mean held-out AP.
         if pcfg.score == "ap":
             aps = list(validation_ap(trial, ctx.data, recipe.split.val_scale).values())
@@ -136,20 +137,26 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
 
     # 2. Soft filter pruning: zero the FPGM-least-important filters at evenly spaced boundaries with
     #    the rate rising on the polynomial schedule; zeroed filters keep training and may recover.
+    #    The last `settle_fraction` of the steps holds the final selection at zero (re-zeroed before
+    #    every step) so the network adapts to its absence while it still trains and removal is exact.
     pruner = SoftPruner(student, groups, rates, pcfg.soft_boundaries, example, pcfg.power)
-    every = max(pcfg.soft_steps // pcfg.soft_boundaries, 1)
+    active = max(round(pcfg.soft_steps * (1.0 - pcfg.settle_fraction)), 1)
+    every = max(active // pcfg.soft_boundaries, 1)
 
     def hook(step: int) -> dict[str, float] | None:
-        if step % every == 0 and step // every + 1 <= pcfg.soft_boundaries:
-            applied = pruner.step(step // every + 1)
+        boundary = step // every + 1
+        if step % every == 0 and boundary <= pcfg.soft_boundaries:
+            applied = pruner.step(boundary)
             return {f"rate_{k}": v for k, v in applied.items()}
+        if pruner.done:
+            pruner.hold()
         return None
 
     def load_pruner(extra: dict[str, Any]) -> None:
         if extra:
             pruner.load_state_dict(extra)
 
-    train_steps(
+    kd_state = train_steps(
         ctx,
         student,
         pcfg.soft_steps,
@@ -159,9 +166,11 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
         hook,
         extra_state=pruner.state_dict,
         load_extra=load_pruner,
+        kd_state=kd_state,
     )
 
     # 3. Physical removal of the filters zeroed at the final rates: the network really shrinks.
+    student.cpu()  # the surgery traces on the CPU example input
     selection = pruner.finish()
     params_before = count_params(student)
     remove_channels(student, selection, example)
@@ -169,24 +178,26 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
     _recalibrate(ctx, student)
     metrics = evaluate_student(ctx, student)
     _write_json(out / "eval.json", {**metrics, "params_before": params_before, "rates": rates})
-    save_student(final, student, spec, extra={"eval": metrics})
+    save_student(final, student, spec, extra={"eval": metrics, "kd_state": kd_state})
     return final
 
 
 def _search_config(recipe: Any) -> SearchConfig:
     pcfg = recipe.prune
-    n = max(pcfg.trials, MIN_TRIALS)
-    cfg = SearchConfig(
-        n_trials=n, param_range=tuple(pcfg.target_params), penalty_weight=pcfg.penalty, seed=recipe.run.seed
-    )
-    if pcfg.trials < MIN_TRIALS:
+    few = pcfg.trials < MIN_TRIALS
+    if few:
         # Smoke runs only: the GP needs >= 15 trials, so fewer means the sampler's random start-up
-        # trials; the real recipes use 15-25. Bypasses SearchConfig's own check on purpose.
+        # trials; the real recipes use 15-25.
         log.warning(
             "pruning search with %d trials (< %d): random start-up trials only", pcfg.trials, MIN_TRIALS
         )
-        object.__setattr__(cfg, "n_trials", pcfg.trials)
-    return cfg
+    return SearchConfig(
+        n_trials=pcfg.trials,
+        param_range=tuple(pcfg.target_params),
+        penalty_weight=pcfg.penalty,
+        seed=recipe.run.seed,
+        allow_few_trials=few,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- 3
@@ -200,10 +211,18 @@ def phase3_finetune(ctx: PhaseContext, phase2: Path) -> Path:
         return final
     recipe = ctx.recipe
     student, spec = load_student(phase2)
-    train_steps(ctx, student, recipe.phase3.steps, recipe.phase3.lr_scale, out, "phase 3: fine-tune")
+    kd_state = train_steps(
+        ctx,
+        student,
+        recipe.phase3.steps,
+        recipe.phase3.lr_scale,
+        out,
+        "phase 3: fine-tune",
+        kd_state=load_kd_state(phase2),
+    )
     metrics = evaluate_student(ctx, student)
     _write_json(out / "eval.json", metrics)
-    save_student(final, student, spec, extra={"eval": metrics})
+    save_student(final, student, spec, extra={"eval": metrics, "kd_state": kd_state})
     return final
 
 

@@ -75,7 +75,8 @@ class PruneConfig:
     score: Literal["loss", "ap"] = "loss"  # trial score on the held-out events (AP is slower on a CPU)
     penalty: float = 10.0  # score penalty per unit of relative distance outside target_params
     soft_steps: int = 400  # training steps under soft pruning with the chosen rates
-    soft_boundaries: int = 8  # FPGM re-rank-and-zero points spread over soft_steps
+    soft_boundaries: int = 8  # FPGM re-rank-and-zero points, spread over the first part of soft_steps
+    settle_fraction: float = 0.3  # last part of soft_steps: final selection held at zero, still training
     power: float = 3.0  # polynomial schedule exponent
     trace_size: int = 64  # square input used to trace the dependency graph
 
@@ -87,6 +88,8 @@ class PruneConfig:
             )
         if self.trials < 1 or self.soft_boundaries < 1:
             raise ValueError("trials and soft_boundaries must be >= 1")
+        if not 0.0 <= self.settle_fraction < 1.0:
+            raise ValueError(f"settle_fraction must be in [0, 1), got {self.settle_fraction}")
 
 
 @dataclass(frozen=True)

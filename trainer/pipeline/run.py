@@ -66,28 +66,40 @@ def make_context(recipe: NanoBRecipe, out: str | Path | None = None, resume: boo
     return PhaseContext(recipe, out_dir, device, teacher, data, resume)
 
 
-def run_nano_b(recipe: NanoBRecipe, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-    """Phase 1 -> phase 2 -> phase 3 -> export; returns (and writes) the summary."""
+PHASES = ("phase1", "phase2", "phase3")
+
+
+def run_nano_b(
+    recipe: NanoBRecipe, out: str | Path | None = None, resume: bool = False, until: str = "phase3"
+) -> dict[str, Any]:
+    """Phase 1 -> phase 2 -> phase 3 -> export; returns (and writes) the summary.
+
+    ``until`` stops after an earlier phase (e.g. ``"phase1"`` for a distillation ablation); the run
+    can later go on with ``resume=True``. Export only follows a complete run.
+    """
+    if until not in PHASES:
+        raise ConfigError(f"until must be one of {', '.join(PHASES)}, got {until!r}")
     start = time.perf_counter()
     ctx = make_context(recipe, out, resume)
     log.info("data: %s", ctx.data.describe())
+    last = PHASES.index(until)
     p1 = phase1_distill(ctx)
-    p2 = phase2_prune(ctx, p1)
-    p3 = phase3_finetune(ctx, p2)
-    onnx_path = export_student(ctx, p3) if recipe.run.export else None
+    p2 = phase2_prune(ctx, p1) if last >= 1 else None
+    p3 = phase3_finetune(ctx, p2) if p2 is not None and last >= 2 else None
+    onnx_path = export_student(ctx, p3) if p3 is not None and recipe.run.export else None
     summary: dict[str, Any] = {
         "data": ctx.data.describe(),
         "val_events": list(recipe.split.val_events),
         "val_scale": recipe.split.val_scale,
         "files": {
             "phase1": str(p1),
-            "phase2": str(p2),
-            "phase3": str(p3),
+            "phase2": str(p2) if p2 else None,
+            "phase3": str(p3) if p3 else None,
             "onnx": str(onnx_path) if onnx_path else None,
         },
         "seconds": round(time.perf_counter() - start, 1),
     }
-    for name in ("phase1", "phase2", "phase3"):
+    for name in PHASES:
         path = ctx.out / name / "eval.json"
         if path.is_file():
             summary[name] = json.loads(path.read_text())

@@ -10,7 +10,8 @@ the short, silent fine-tune of a pruning trial.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,18 @@ def train_steps(
     hook: StepHook | None = None,
     extra_state: Callable[[], dict[str, Any]] | None = None,
     load_extra: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, float]:
-    """Train ``student`` in place for ``steps`` optimiser steps; returns the last logged row."""
+    kd_state: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Train ``student`` in place for ``steps`` optimiser steps.
+
+    ``kd_state`` starts the KD loss's learnable weights where the previous phase left them (instead of
+    all 1, which would jolt the balance the student had settled into); returns their final state.
+    """
     recipe, device = ctx.recipe, ctx.device
     run = recipe.run
     losses = make_losses(recipe, recipe.data.img_dim, device)
+    if kd_state:
+        losses.kd.load_state_dict(kd_state)
     student.to(device)
     trainable = nn.ModuleDict({"student": student, "kd": losses.kd})
     optim_cfg = dataclasses.replace(recipe.optim, lr=recipe.optim.lr * lr_scale)
@@ -74,7 +82,7 @@ def train_steps(
     logger = JsonlLogger(out, resume_step=start if start else None) if out is not None else None
 
     stream = batch_stream(ctx.data.train, recipe.data.batch_size, run.seed, start, recipe.data.num_workers)
-    row: dict[str, float] = {}
+    began = time.perf_counter()
     bar = tqdm(range(start, steps), desc=name, unit="step", disable=not (run.progress and out is not None))
     for step in bar:
         hooked = hook(step) if hook is not None else None
@@ -82,10 +90,11 @@ def train_steps(
         scheduler.step()
         done = step + 1
         if logger is not None and (done % run.log_every == 0 or done == steps):
-            row = {
+            row: dict[str, Any] = {
                 "step": done,
                 "kind": "train",
                 "lr": optimizer.param_groups[0]["lr"],
+                "sec": round(time.perf_counter() - began, 2),  # since this (re)start: throughput
                 **logs,
                 **(hooked or {}),
             }
@@ -108,4 +117,4 @@ def train_steps(
         plot_losses(
             rows, out / "kd_weights.png", keys=("w_cls", "w_box", "w_ldm"), title=f"{name}: KD weights"
         )
-    return row
+    return {k: v.detach().cpu() for k, v in losses.kd.state_dict().items()}

@@ -53,9 +53,13 @@ class SearchConfig:
     heartbeat_s: int = 60
     n_startup_trials: int | None = None  # random trials before the GP takes over; None: min(10, n/2)
     storage_url: str | None = None  # None: sqlite:///<out>/study.db; a server DB URL for several hosts
+    # Smoke runs and tests only: fewer than MIN_TRIALS trials, which are then all random start-up trials.
+    allow_few_trials: bool = False
 
     def __post_init__(self) -> None:
-        if self.n_trials < MIN_TRIALS:
+        if self.n_trials < 1:
+            raise ConfigError(f"pruning search n_trials={self.n_trials} must be >= 1")
+        if self.n_trials < MIN_TRIALS and not self.allow_few_trials:
             raise ConfigError(
                 f"pruning search n_trials={self.n_trials} is too few for a GP surrogate; use >= {MIN_TRIALS}"
             )

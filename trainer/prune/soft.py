@@ -9,7 +9,10 @@ columns, would cut the filter's gradient and it could never recover. (In train m
 a zero batch variance, so BN outputs beta = 0: the channel is silent all the same.)
 
 The rate follows ``r(t) = r_final * (1 - (1 - t/T)^p)``: fast early, when the network is most plastic,
-and flat near the end, so it settles before the filters are removed.
+and flat near the end, so it settles before the filters are removed. After the last boundary the
+selection is frozen and :meth:`SoftPruner.hold` re-zeroes it after every optimiser step (the *settle*
+stretch of the pipeline's phase 2): the network learns to do without those filters while it can still
+train, instead of losing them all at once at removal.
 
 After the last boundary the zeroed channels contribute exactly nothing (BN output = beta = 0, LeakyReLU(0)
 = 0), so :func:`trainer.prune.surgery.remove_channels` with :attr:`SoftPruner.selection` gives the same
@@ -123,28 +126,48 @@ class SoftPruner:
     def rates_at(self, t: int) -> dict[str, float]:
         return scheduled_rates(t, self.total_steps, self.final_rates, self.power)
 
+    @property
+    def done(self) -> bool:
+        """The final boundary has been applied: the selection is frozen."""
+        return self.current_step >= self.total_steps
+
     def step(self, t: int | None = None) -> dict[str, float]:
         """Re-rank with FPGM at the schedule's rates for boundary ``t`` and zero; returns those rates."""
         self.current_step = self.current_step + 1 if t is None else t
         rates = self.rates_at(self.current_step)
         self.selection = self.plan.select(self.model, rates)
-        final = self.current_step >= self.total_steps
-        self.masks = zero_masks(self.model, self.plan, self.selection, final=final)
+        self.masks = zero_masks(self.model, self.plan, self.selection, final=self.done)
         apply_masks(self.model, self.masks)
         return rates
 
+    def hold(self) -> None:
+        """Re-zero the current selection without re-ranking (after an optimiser step moved it)."""
+        apply_masks(self.model, self.masks)
+
     def finish(self) -> Selection:
-        """The last boundary: zero at the final rates and return the selection for physical removal."""
-        self.step(self.total_steps)
+        """The selection for physical removal, zeroed: the frozen one when the last boundary has passed
+        (re-ranking now could pick other filters than the ones the network learnt to do without),
+        else the last boundary is applied first."""
+        if self.done and self.selection:
+            self.hold()
+        else:
+            self.step(self.total_steps)
         return self.selection
 
     def state_dict(self) -> dict:
-        return {"current_step": self.current_step, "final_rates": dict(self.final_rates), "power": self.power}
+        return {
+            "current_step": self.current_step,
+            "final_rates": dict(self.final_rates),
+            "power": self.power,
+            "selection": {k: [int(i) for i in v] for k, v in self.selection.items()},
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore the boundary index only: the checkpointed weights already carry the zeros, and
-        re-zeroing here would make a resumed run differ from an uninterrupted one."""
+        """Restore the boundary index and selection without re-zeroing: the checkpointed weights already
+        carry the zeros, and zeroing here would make a resumed run differ from an uninterrupted one."""
         self.current_step = int(state["current_step"])
+        self.selection = {k: list(v) for k, v in state.get("selection", {}).items()}
+        self.masks = zero_masks(self.model, self.plan, self.selection, final=self.done)
 
 
 @dataclass
