@@ -249,16 +249,15 @@ class _EpochItems(Dataset):
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
-        self._epoch: int | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
-        if epoch != self._epoch and hasattr(self.dataset, "set_epoch"):
+        # Every item, not only on change: without workers the dataset is shared with other streams.
+        if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
-            self._epoch = epoch
         return self.dataset[index]
 
 

@@ -76,7 +76,9 @@ class PruneConfig:
     penalty: float = 10.0  # score penalty per unit of relative distance outside target_params
     soft_steps: int = 400  # training steps under soft pruning with the chosen rates
     soft_boundaries: int = 8  # FPGM re-rank-and-zero points, spread over the first part of soft_steps
-    settle_fraction: float = 0.3  # last part of soft_steps: final selection held at zero, still training
+    # Boundary b comes at step (b - 1) * (active // soft_boundaries), active = soft_steps * (1 - this):
+    # after the last one the final selection is held at zero while training goes on (>= this fraction).
+    settle_fraction: float = 0.3
     power: float = 3.0  # polynomial schedule exponent
     trace_size: int = 64  # square input used to trace the dependency graph
 
@@ -90,6 +92,13 @@ class PruneConfig:
             raise ValueError("trials and soft_boundaries must be >= 1")
         if not 0.0 <= self.settle_fraction < 1.0:
             raise ValueError(f"settle_fraction must be in [0, 1), got {self.settle_fraction}")
+        active = max(round(self.soft_steps * (1.0 - self.settle_fraction)), 1)
+        if active < self.soft_boundaries:
+            # Fewer steps than boundaries: the last boundaries would never be reached in training.
+            raise ValueError(
+                f"soft_steps x (1 - settle_fraction) = {active} is fewer than soft_boundaries "
+                f"= {self.soft_boundaries}"
+            )
 
 
 @dataclass(frozen=True)
