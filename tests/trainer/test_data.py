@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -279,12 +281,29 @@ def test_endless_batches_match_per_epoch_loaders_and_resume(tmp_path: Path) -> N
     ds = build_dataset(DataConfig(label_file=str(tmp_path / "label.txt"), img_dim=64), seed=7)
     expected = [x for epoch in range(3) for x, _ in build_loader(ds, 2, epoch, seed=7)]  # 3 per epoch
 
-    def take(n: int, workers: int = 0, start: int = 0) -> list[torch.Tensor]:
-        stream = endless_batches(ds, 2, seed=7, num_workers=workers, start_batch=start)
+    def take(n: int, start: int = 0) -> list[torch.Tensor]:
+        stream = endless_batches(ds, 2, seed=7, start_batch=start)
         return [next(stream)[0] for _ in range(n)]
 
-    for got in (take(9), take(9, workers=2)):
-        assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(take(9), expected, strict=True))
     assert all(torch.equal(x, y) for x, y in zip(take(5, start=4), expected[4:], strict=True))
     with pytest.raises(DatasetError, match="smaller than one batch"):
         next(endless_batches(ds, 7))
+    # With worker processes, in a fresh interpreter: after the edge tests (MQTT broker children,
+    # OpenVINO / ORT threads) this process was killed by SIGSEGV once DataLoader workers had run in
+    # it, whatever the start method; a trainer run is always a process of its own.
+    check = (
+        "import sys, torch\n"
+        "from trainer.data.dataset import DataConfig, build_dataset, build_loader, endless_batches\n"
+        f"ds = build_dataset(DataConfig(label_file={str(tmp_path / 'label.txt')!r}, img_dim=64), seed=7)\n"
+        "want = [x for e in range(3) for x, _ in build_loader(ds, 2, e, seed=7)]\n"
+        "stream = endless_batches(ds, 2, seed=7, num_workers=2)\n"
+        "got = [next(stream)[0] for _ in range(9)]\n"
+        "stream.close()\n"
+        "sys.exit(0 if all(torch.equal(a, b) for a, b in zip(got, want, strict=True)) else 3)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
