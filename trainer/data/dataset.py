@@ -12,7 +12,7 @@ with landmarks and -1 for one without (the RetinaFace convention the loss reads)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,7 +282,7 @@ class _EpochBatches:
 
 def endless_batches(
     dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0, start_batch: int = 0
-) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+) -> Generator[tuple[torch.Tensor, list[torch.Tensor]], None, None]:
     """Batches epoch after epoch, forever, from one loader with persistent workers.
 
     Batch ``k`` is exactly batch ``k % per_epoch`` of ``build_loader(dataset, batch_size, k //

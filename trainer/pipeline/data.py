@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +148,6 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
 
 def batch_stream(
     dataset: Dataset, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0
-) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+) -> Generator[tuple[torch.Tensor, list[torch.Tensor]], None, None]:
     """Endless batches epoch after epoch; starting at ``start_step`` replays nothing already seen."""
     return endless_batches(dataset, batch_size, seed, num_workers, start_batch=start_step)

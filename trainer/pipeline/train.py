@@ -109,6 +109,7 @@ def train_steps(
                 "extra": extra_state() if extra_state is not None else {},
             }
             ckpt.save(state)
+    stream.close()  # stop the loader's workers now, not whenever the generator is collected
     if logger is not None and out is not None:
         rows = logger.rows()
         plot_losses(
