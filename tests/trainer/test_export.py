@@ -14,6 +14,7 @@ from edge.contract import METADATA_KEY, ModelMeta
 from edge.detector import load_detector, preprocess
 from edge.errors import ModelError
 from edge.model import read_model
+from edge.tracker import iou_matrix
 from trainer.export import export_model
 from trainer.export.exporter import ExportError, InferenceHead
 from trainer.export.metadata import parameter_count
@@ -180,15 +181,9 @@ def test_trained_model_parity_pytorch_onnxruntime_openvino_fp32_and_int8(tmp_pat
         _assert_same_detections(ref, ov_d, 1e-3, 1e-3)
         # INT8 (stated tolerance): at least 80 % of the FP32 faces found again at IoU >= 0.7.
         q = load_detector(files["onnx_int8"], backend="onnxruntime", **common).detect(image)
-        matched = sum(any(_iou(r.box, d.box) >= 0.7 for d in q) for r in ref)
+        ious = iou_matrix(np.array([r.box for r in ref]), np.array([d.box for d in q]).reshape(-1, 4))
+        matched = int((ious.max(axis=1, initial=0.0) >= 0.7).sum())
         assert matched >= 0.8 * len(ref), f"INT8 kept {matched} of {len(ref)} faces in {name}"
-
-
-def _iou(a: tuple, b: tuple) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_runtimes_match_pytorch_on_a_real_photo(exported) -> None:

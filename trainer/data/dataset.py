@@ -267,6 +267,9 @@ class _EpochBatches:
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, start_batch: int) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.per_epoch = batches_per_epoch(dataset, batch_size)
+        if self.per_epoch < 1:
+            n = len(dataset)  # type: ignore[arg-type]
+            raise DatasetError(f"training set of {n} images is smaller than one batch of {batch_size}")
         self.start = divmod(start_batch, self.per_epoch)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -289,8 +292,6 @@ def endless_batches(
     per_epoch, seed)`` (same order, same augmentation), so ``start_batch`` resumes a killed run
     without replaying anything, whatever the number of workers.
     """
-    if batches_per_epoch(dataset, batch_size) < 1:
-        raise DatasetError(f"training set of {len(dataset)} images is smaller than one batch of {batch_size}")  # type: ignore[arg-type]
     loader = DataLoader(
         _EpochItems(dataset),
         batch_sampler=_EpochBatches(dataset, batch_size, seed, start_batch),  # type: ignore[arg-type]

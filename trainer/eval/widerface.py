@@ -57,6 +57,14 @@ class WiderImage:
         return f"{self.event}/{self.name}.jpg"
 
 
+def event_number(event: str) -> int:
+    """``"3--Riot"`` -> 3."""
+    head = event.split("--", 1)[0]
+    if not head.isdigit():
+        raise DatasetError(f"WIDER event folder {event!r} does not start with '<number>--'")
+    return int(head)
+
+
 @dataclass(frozen=True)
 class WiderGroundTruth:
     """The official val ground truth, images in ``.mat`` order (event by event)."""
@@ -77,7 +85,7 @@ class WiderGroundTruth:
         if events is None:
             return self
         wanted = {int(e) for e in events}
-        return WiderGroundTruth(tuple(i for i in self.images if int(i.event.split("--")[0]) in wanted))
+        return WiderGroundTruth(tuple(i for i in self.images if event_number(i.event) in wanted))
 
     def faces(self, setting: str) -> int:
         return sum(len(img.keep[setting]) for img in self.images)

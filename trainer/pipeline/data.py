@@ -22,16 +22,8 @@ from trainer.data.augment import EvalTransform, TrainTransform
 from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset, endless_batches
 from trainer.data.labels import FaceSample
 from trainer.data.wider import read_wider
-from trainer.eval.widerface import WiderGroundTruth, load_ground_truth, locate_wider_val
+from trainer.eval.widerface import WiderGroundTruth, event_number, load_ground_truth, locate_wider_val
 from trainer.pipeline.recipe import NanoBRecipe
-
-
-def event_number(event: str) -> int:
-    """``"3--Riot"`` -> 3."""
-    head = event.split("--", 1)[0]
-    if not head.isdigit():
-        raise DatasetError(f"WIDER event folder {event!r} does not start with '<number>--'")
-    return int(head)
 
 
 def split_wider(
@@ -132,9 +124,7 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
         if val_s:
             val_ds = FaceDataset(val_s, EvalTransform(cfg.img_dim), seed)
             images_dir, gt_dir = locate_wider_val(cfg.wider_root)
-            gt = load_ground_truth(gt_dir)
-            keep = tuple(img for img in gt.images if event_number(img.event) in split.val_events)
-            val_gt = WiderGroundTruth(keep[: split.val_limit] if split.val_limit else keep)
+            val_gt = load_ground_truth(gt_dir).only_events(split.val_events).head(split.val_limit or None)
     others = dataclasses.replace(cfg, wider_root="")
     if others.label_file or others.synthetic_scenes or others.pseudo_images:
         detect = teacher_detector(teacher) if (others.pseudo_images and teacher is not None) else None
