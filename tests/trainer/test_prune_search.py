@@ -146,7 +146,6 @@ def _hang(rates: dict[str, float]) -> float:
     return 0.0
 
 
-@pytest.mark.slow
 def test_killed_worker_trial_is_retried(tmp_path) -> None:
     import multiprocessing
 
@@ -171,7 +170,8 @@ def test_killed_worker_trial_is_retried(tmp_path) -> None:
     proc.kill()
     proc.join()
     hung = next(t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING)
-    time.sleep(2.5)  # past the grace period (2 heartbeats)
+    # Resumed at once, inside the grace period (2 heartbeats): the search waits for the dead trial to
+    # go stale and re-runs it rather than counting it as in flight and ending one trial short.
     res = run_search(bowl, linear_params, tmp_path, cfg)
     study = optuna.load_study(study_name=cfg.study_name, storage=storage)
     assert res.n_complete == 15

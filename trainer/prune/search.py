@@ -8,7 +8,8 @@ target range. Lower is better.
 
 The study lives in ``sqlite:///<out>/study.db`` (``load_if_exists``), so several worker processes, or
 several invocations, share one study, and a killed search resumes where it stopped. A trial whose worker
-died is marked failed once its heartbeat is older than the grace period and re-run with the same rates.
+died is marked failed once its heartbeat is older than the grace period and re-run with the same rates;
+a search resumed sooner waits for that rather than counting the dead trial as in flight.
 Exactly ``n_trials`` trials complete: a trial that would exceed the count is recorded as pruned with the
 user attribute ``surplus`` and its worker stops.
 """
@@ -17,9 +18,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import multiprocessing
+import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,8 @@ from optuna.trial import TrialState
 
 from edge.errors import ConfigError
 from trainer.prune.groups import GROUP_BOUNDS
+
+log = logging.getLogger(__name__)
 
 MIN_TRIALS = 15
 DEFAULT_TRIALS = 25
@@ -146,21 +152,30 @@ def open_study(out_dir: str | Path, cfg: SearchConfig, worker: int = 0) -> optun
     )
 
 
-def _counts(study: optuna.Study) -> tuple[int, int]:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    done = sum(s == TrialState.COMPLETE for s in states)
-    live = done + sum(s in (TrialState.RUNNING, TrialState.WAITING) for s in states)
-    return done, live
+def _counts(study: optuna.Study) -> tuple[int, int, int]:
+    """(complete, running, waiting) trials of the study."""
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))
+    return states[TrialState.COMPLETE], states[TrialState.RUNNING], states[TrialState.WAITING]
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _max_wait(cfg: SearchConfig) -> float:
+    # A worker killed between creating a trial and its first heartbeat leaves a RUNNING trial that never
+    # goes stale; past this bound the search ends with what completed instead of hanging.
+    return max(600.0, 10.0 * cfg.heartbeat_s)
 
 
 def run_worker(
     objective: Objective, param_count: ParamCount, out_dir: str | Path, cfg: SearchConfig, worker: int = 0
 ) -> None:
-    """Run trials of the shared study until ``cfg.n_trials`` are complete or in flight elsewhere."""
+    """Run trials of the shared study until ``cfg.n_trials`` are complete (waiting for those in flight)."""
     study = open_study(out_dir, cfg, worker)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    _fail_stale(study)
 
     def wrapped(trial: optuna.Trial) -> float:
         # Trial numbers are unique and increasing across processes: the first n_trials live ones run.
@@ -186,10 +201,22 @@ def run_worker(
         return value + penalty if math.isfinite(value) else float("nan")
 
     surplus: list[int] = []
+    waited = 0.0
     while not surplus:
-        done, live = _counts(study)
-        if done >= cfg.n_trials or live >= cfg.n_trials:
+        done, running, waiting = _counts(study)
+        if done >= cfg.n_trials:
             return
+        if not waiting and done + running >= cfg.n_trials:
+            # The rest are in flight: in another worker, or left RUNNING by a killed process (a
+            # resumed run starts before their heartbeat is stale). Wait for them to complete or go
+            # stale; a stale one is failed and re-queued with its rates, and this worker runs it.
+            if waited >= _max_wait(cfg):
+                log.warning("pruning search: %d of %d trials complete; gave up waiting", done, cfg.n_trials)
+                return
+            time.sleep(cfg.heartbeat_s / 2)
+            waited += cfg.heartbeat_s / 2
+            _fail_stale(study)
+            continue
         failed = sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
         if failed >= cfg.n_trials:
             raise RuntimeError(f"pruning search: {failed} trials failed (objective NaN or crashed)")
