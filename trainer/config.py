@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
+from edge.config import coerce
 from edge.errors import ConfigError
 
 T = TypeVar("T")
@@ -114,58 +114,8 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
-    """Check ``value`` against annotation ``tp``; convert lists to tuples and ints to floats."""
-    origin = get_origin(tp)
+    """Check ``value`` against annotation ``tp``: nested tables recurse here, every other value goes
+    through the edge's checker (one set of rules for both config trees)."""
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, source, key)  # type: ignore[arg-type]
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, source, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{source}: key {key!r} is invalid")
-    if origin is Literal:
-        if value not in get_args(tp):
-            allowed = ", ".join(repr(a) for a in get_args(tp))
-            raise ConfigError(f"{source}: key {key!r} must be one of {allowed}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{source}: key {key!r} must be an array, got {value!r}")
-        args = get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{source}: key {key!r} must have {len(args)} items, got {len(value)}")
-        pairs = enumerate(zip(args, value, strict=True))
-        return tuple(_coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in pairs)
-    if tp is Any:
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{source}: key {key!r} must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: key {key!r} must be an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: key {key!r} must be a string, got {value!r}")
-        return value
-    if tp is Path:
-        if not isinstance(value, str | Path):
-            raise ConfigError(f"{source}: key {key!r} must be a path string, got {value!r}")
-        return Path(value)
-    raise ConfigError(f"{source}: key {key!r} has unsupported type {tp!r}")
+    return coerce(value, tp, f"{source}: key {key!r}")

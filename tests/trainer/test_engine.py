@@ -120,7 +120,7 @@ def test_config_loader_is_strict_and_names_file_table_key(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match=r"c\.toml: unknown key 'lrr' in \[inner\]"):
         load_config(f, _Outer)
     f.write_text('name = "x"\n[inner]\nlr = "fast"\n')
-    with pytest.raises(ConfigError, match=r"key 'inner.lr' must be a number"):
+    with pytest.raises(ConfigError, match=r"key 'inner.lr': expected a number"):
         load_config(f, _Outer)
     f.write_text("[inner]\n")
     with pytest.raises(ConfigError, match="missing required key 'name'"):
