@@ -178,3 +178,18 @@ def test_killed_worker_trial_is_retried(tmp_path) -> None:
     assert study.trials[hung.number].state == optuna.trial.TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == hung.number]
     assert retried and retried[0].params == hung.params
+
+
+def test_a_trial_that_never_heartbeats_ends_the_wait(tmp_path, monkeypatch, caplog) -> None:
+    """A RUNNING trial with no heartbeat (its worker died before the first one) never goes stale: the
+    wait for it is bounded and the search ends with the trials that completed."""
+    from trainer.prune import search
+    from trainer.prune.search import open_study
+
+    cfg = SearchConfig(n_trials=15, seed=2, n_startup_trials=15, heartbeat_s=1)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # ask() outside optimize(): no heartbeat, on purpose
+        open_study(tmp_path, cfg).ask()  # RUNNING, and never a heartbeat
+    monkeypatch.setattr(search, "_max_wait", lambda cfg: 2.0)
+    res = run_search(bowl, linear_params, tmp_path, cfg)
+    assert res.n_complete == 14
+    assert "14 of 15 trials complete, 1 stuck RUNNING" in caplog.text

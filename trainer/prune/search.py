@@ -166,7 +166,8 @@ def _fail_stale(study: optuna.Study) -> None:
 
 def _max_wait(cfg: SearchConfig) -> float:
     # A worker killed between creating a trial and its first heartbeat leaves a RUNNING trial that never
-    # goes stale; past this bound the search ends with what completed instead of hanging.
+    # goes stale; when nothing has changed for this long the search ends with what completed instead of
+    # hanging.
     return max(600.0, 10.0 * cfg.heartbeat_s)
 
 
@@ -201,7 +202,7 @@ def run_worker(
         return value + penalty if math.isfinite(value) else float("nan")
 
     surplus: list[int] = []
-    waited = 0.0
+    idle, last = 0.0, (-1, -1)
     while not surplus:
         done, running, waiting = _counts(study)
         if done >= cfg.n_trials:
@@ -210,11 +211,19 @@ def run_worker(
             # The rest are in flight: in another worker, or left RUNNING by a killed process (a
             # resumed run starts before their heartbeat is stale). Wait for them to complete or go
             # stale; a stale one is failed and re-queued with its rates, and this worker runs it.
-            if waited >= _max_wait(cfg):
-                log.warning("pruning search: %d of %d trials complete; gave up waiting", done, cfg.n_trials)
+            idle = 0.0 if (done, running) != last else idle
+            last = (done, running)
+            if idle >= _max_wait(cfg):
+                log.warning(
+                    "pruning search: %d of %d trials complete, %d stuck RUNNING; stopped waiting",
+                    done,
+                    cfg.n_trials,
+                    running,
+                )
                 return
-            time.sleep(cfg.heartbeat_s / 2)
-            waited += cfg.heartbeat_s / 2
+            pause = min(cfg.heartbeat_s / 2, 5.0)
+            time.sleep(pause)
+            idle += pause
             _fail_stale(study)
             continue
         failed = sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
