@@ -9,17 +9,61 @@ needs only the one it uses.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from edge.errors import ModelError
+from edge.errors import ConfigError, ModelError
 from edge.model import ModelFile
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "openvino")
+
+CPU_PROVIDER = "CPUExecutionProvider"
+# Short names for the ONNX Runtime execution providers of the devices we target; full names pass too.
+PROVIDER_ALIASES = {
+    "cpu": CPU_PROVIDER,
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+
+def provider_name(name: str, where: str = "detector.providers") -> str:
+    """The ONNX Runtime name of one configured provider (``cuda`` -> ``CUDAExecutionProvider``)."""
+    full = PROVIDER_ALIASES.get(name.strip().lower(), name.strip())
+    if not full.endswith("ExecutionProvider"):
+        raise ConfigError(
+            f"{where}: unknown onnxruntime provider {name!r}; use {', '.join(PROVIDER_ALIASES)} "
+            "or a full name such as CUDAExecutionProvider"
+        )
+    return full
+
+
+def session_providers(
+    wanted: Sequence[str], available: Sequence[str], engine_cache: str = ""
+) -> list[str | tuple[str, dict[str, str]]]:
+    """The ``providers`` argument of an ORT session: ``wanted`` in order, then the CPU as the fallback
+    for nodes the others cannot run. Refuses a provider this onnxruntime build does not have (the
+    plain ``onnxruntime`` wheel has only the CPU; Jetson needs NVIDIA's ``onnxruntime-gpu`` build)."""
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise ModelError(
+            f"detector.providers: {missing[0]} is not in this onnxruntime build "
+            f"(it has {', '.join(available)})"
+        )
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for name in dict.fromkeys([*wanted, CPU_PROVIDER]):
+        if name == "TensorrtExecutionProvider" and engine_cache:
+            # TensorRT builds its engine on first load (minutes on a Jetson); the cache makes every
+            # later start of the service load it in seconds.
+            out.append((name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": engine_cache}))
+        else:
+            out.append(name)
+    return out
 
 
 class Backend(Protocol):
@@ -32,11 +76,17 @@ class Backend(Protocol):
 
 
 class OnnxRuntimeBackend:
-    """ONNX Runtime CPU session; ``threads`` sets intra-op parallelism (0 = runtime default)."""
+    """ONNX Runtime session; ``threads`` sets intra-op parallelism (0 = runtime default).
+
+    ``providers`` (ORT names, in order of preference; empty = the CPU alone) picks the execution
+    providers, e.g. TensorRT then CUDA on a Jetson; ``engine_cache`` is TensorRT's engine folder.
+    """
 
     runtime = "onnxruntime"
 
-    def __init__(self, model: ModelFile, threads: int = 0) -> None:
+    def __init__(
+        self, model: ModelFile, threads: int = 0, providers: Sequence[str] = (), engine_cache: str = ""
+    ) -> None:
         if model.format != "onnx":
             raise ModelError(f"{model.path}: onnxruntime runs .onnx files; use --backend openvino for an IR")
         try:
@@ -53,14 +103,25 @@ class OnnxRuntimeBackend:
         # Idle workers spin by default, which burns a core between frames on a Pi running all day
         # (heat, throttling) for a latency gain of well under a millisecond at these model sizes.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        wanted = list(providers) or [CPU_PROVIDER]
+        chosen = session_providers(wanted, ort.get_available_providers(), engine_cache)
+        if engine_cache and "TensorrtExecutionProvider" in wanted:
+            _make_dir(engine_cache)
         try:
-            self._session = ort.InferenceSession(
-                str(model.path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(model.path), sess_options=opts, providers=chosen)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ModelError(
                 f"{model.path}: onnxruntime cannot load the model ({_first_line(exc)})"
             ) from None
+        self.providers = self._session.get_providers()
+        dropped = [p for p in wanted if p not in self.providers]
+        if dropped:
+            # ORT falls back silently when a provider's libraries (CUDA, TensorRT) fail to load.
+            log.warning(
+                "onnxruntime could not start %s (its libraries are missing or failed to load); running on %s",
+                ", ".join(dropped),
+                ", ".join(self.providers),
+            )
         self.input_name = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
 
@@ -100,10 +161,11 @@ class OpenVinoBackend:
         return {name: np.array(result[port]) for port, name in self._outputs}
 
 
-_FACTORIES: dict[str, type[OnnxRuntimeBackend] | type[OpenVinoBackend]] = {
-    "onnxruntime": OnnxRuntimeBackend,
-    "openvino": OpenVinoBackend,
-}
+def _make_dir(path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"detector.engine_cache {path}: cannot create it ({exc.strerror})") from None
 
 
 def openvino_available() -> bool:
@@ -115,16 +177,26 @@ def openvino_available() -> bool:
 
 
 def open_backend(
-    model: ModelFile, backend: str = "auto", threads: int = 0, warmup: np.ndarray | None = None
+    model: ModelFile,
+    backend: str = "auto",
+    threads: int = 0,
+    warmup: np.ndarray | None = None,
+    providers: Sequence[str] = (),
+    engine_cache: str = "",
 ) -> Backend:
     """Load ``model`` on the named runtime (or ``auto``) and run ``warmup`` through it once.
 
     ``auto`` tries OpenVINO first (usually the faster CPU runtime on ARM and x86) and falls back to
-    ONNX Runtime if OpenVINO is absent or fails to load or run the model. Returns a :class:`Backend`.
+    ONNX Runtime if OpenVINO is absent or fails to load or run the model; with ONNX Runtime
+    ``providers`` configured it means ONNX Runtime. Returns a :class:`Backend`.
     """
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
+    if providers and backend == "openvino":
+        raise ModelError("detector.providers are ONNX Runtime's; set detector.backend to onnxruntime or auto")
+    if providers:
+        candidates = ["onnxruntime"]
+    elif backend == "auto":
         candidates = ["openvino", "onnxruntime"] if openvino_available() else ["onnxruntime"]
         if model.format == "openvino":
             candidates = ["openvino"]
@@ -133,7 +205,11 @@ def open_backend(
     errors = []
     for name in candidates:
         try:
-            be = _FACTORIES[name](model, threads)
+            be: Backend
+            if name == "onnxruntime":
+                be = OnnxRuntimeBackend(model, threads, providers, engine_cache)
+            else:
+                be = OpenVinoBackend(model, threads)
             if warmup is not None:
                 _warm_up(be, warmup, model.path)
             return be

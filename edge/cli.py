@@ -39,6 +39,14 @@ BackendOpt = Annotated[
     typer.Option("--backend", help="auto (OpenVINO if usable, else ONNX Runtime), onnxruntime or openvino."),
 ]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="Inference threads (0 = the runtime's default).")]
+ProviderOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--provider",
+        help="ONNX Runtime execution provider, in order of preference (repeatable): cpu, cuda, tensorrt, "
+        "openvino or a full name; default: the CPU.",
+    ),
+]
 ModelOpt = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs the Optional spelling to see an optional option
     typer.Option(
@@ -71,6 +79,7 @@ def detect(
         float, typer.Option("--score-threshold", help="Minimum face score 0..1.")
     ] = 0.6,
     nms_threshold: Annotated[float, typer.Option("--nms-threshold", help="NMS IoU threshold.")] = 0.4,
+    provider: ProviderOpt = None,
 ) -> None:
     """Detect faces in images; print one JSON object per image (pixel boxes and landmarks)."""
     import json
@@ -79,7 +88,7 @@ def detect(
     from edge.detector import load_detector
 
     with _one_line_errors():
-        det = load_detector(model, backend, threads, score_threshold, nms_threshold)
+        det = load_detector(model, backend, threads, score_threshold, nms_threshold, providers=provider or ())
         failed = None
         for image in images:
             try:
@@ -120,6 +129,7 @@ def bench(
     width: Annotated[int, typer.Option("--width", help="Frame width for synthetic/camera sources.")] = 640,
     height: Annotated[int, typer.Option("--height", help="Frame height for synthetic/camera sources.")] = 480,
     score_threshold: Annotated[float, typer.Option("--score-threshold")] = 0.6,
+    provider: ProviderOpt = None,
 ) -> None:
     """Measure fps and latency (p50/p90/p99) of the real detect pipeline; prints JSON."""
     import json
@@ -129,7 +139,7 @@ def bench(
 
     with _one_line_errors():
         cfg = source_config_for(source, width, height)
-        det = load_detector(model, backend, threads, score_threshold)
+        det = load_detector(model, backend, threads, score_threshold, providers=provider or ())
         typer.echo(json.dumps(run_bench(det, cfg, frames=frames, threads=threads).as_dict(), indent=2))
 
 

@@ -369,6 +369,9 @@ def parse_config(
         for name, cls in tables.items()
     }
     built["mqtt"] = _read_password(built["mqtt"], origin, environ)
+    if not built["detector"].engine_cache:
+        engines = str(Path(built["device"].state_dir) / "trt-engines")
+        built["detector"] = dataclasses.replace(built["detector"], engine_cache=engines)
     return Config(**built, path=origin)
 
 

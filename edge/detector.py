@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from edge.anchors import decode_boxes, decode_landmarks, nms, prior_boxes
-from edge.backends import BACKENDS, Backend, open_backend
+from edge.backends import BACKENDS, Backend, open_backend, provider_name
 from edge.contract import ModelMeta
 from edge.errors import ConfigError, ModelError
 from edge.model import ModelFile, read_model
@@ -40,7 +40,10 @@ class DetectorConfig:
 
     ``roi`` is a polygon of ``[x, y]`` points normalised to the frame (0..1); a detection is kept
     when its box centre lies inside. ``max_side`` caps the longer side of the frame fed to a dynamic
-    model (0 = full frame size); fixed-size models ignore it.
+    model (0 = full frame size); fixed-size models ignore it. ``providers`` are ONNX Runtime execution
+    providers in order of preference (``["tensorrt", "cuda"]`` on a Jetson; empty = the CPU), and
+    ``engine_cache`` is where TensorRT keeps its built engines (the daemon's default:
+    ``<device.state_dir>/trt-engines``).
     """
 
     model: str = ""
@@ -50,10 +53,15 @@ class DetectorConfig:
     nms_threshold: float = 0.4
     roi: Polygon = ()
     max_side: int = 0
+    providers: tuple[str, ...] = ()
+    engine_cache: str = ""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"detector.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        object.__setattr__(self, "providers", tuple(provider_name(p) for p in self.providers))
+        if self.providers and self.backend == "openvino":
+            raise ConfigError("detector.providers are ONNX Runtime's; use backend onnxruntime or auto")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"detector.score_threshold must be in 0..1, got {self.score_threshold}")
         if not 0.0 < self.nms_threshold <= 1.0:
@@ -287,6 +295,7 @@ def load_detector(
     nms_threshold: float = 0.4,
     roi: Sequence[Sequence[float]] | None = None,
     max_side: int = 0,
+    providers: Sequence[str] = (),
 ) -> FaceDetector:
     """Read + validate ``path`` (empty = bundled default), load it on ``backend`` and warm it up."""
     cfg = DetectorConfig(
@@ -297,6 +306,7 @@ def load_detector(
         nms_threshold=nms_threshold,
         roi=normalise_roi(roi, "roi"),
         max_side=max_side,
+        providers=tuple(providers),
     )
     return detector_from_config(cfg)
 
@@ -306,7 +316,7 @@ def detector_from_config(cfg: DetectorConfig) -> FaceDetector:
     model = read_model(cfg.model or None)
     meta = model.meta
     warm = preprocess(np.zeros((meta.input.height, meta.input.width, 3), np.uint8), meta, cfg.max_side)
-    be = open_backend(model, cfg.backend, cfg.threads, warmup=warm.tensor)
+    be = open_backend(model, cfg.backend, cfg.threads, warm.tensor, cfg.providers, cfg.engine_cache)
     return FaceDetector(
         model=model,
         backend=be,

@@ -40,6 +40,7 @@ def test_example_parses_and_documents_every_key() -> None:
 def test_defaults_without_a_file() -> None:
     cfg = load_config(None, environ={})
     assert cfg.device.id and cfg.mqtt.enabled and cfg.spool_dir == Path("/var/lib/featherface/spool")
+    assert cfg.detector.providers == () and cfg.detector.engine_cache == "/var/lib/featherface/trt-engines"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.mqtt.port = 1  # type: ignore[misc]
 
@@ -55,6 +56,8 @@ def test_defaults_without_a_file() -> None:
         ("[detector]\nscore_threshold = 2.0\n", "[detector] detector.score_threshold must be in 0..1"),
         ("[detector]\nthreads = 1.5\n", "[detector] threads: expected an integer"),
         ("[detector]\nroi = [[0.1, 0.1]]\n", "detector.roi must be a list of at least 3"),
+        ("[detector]\nproviders = 'cuda'\n", "[detector] providers: expected a list, got 'cuda'"),
+        ("[detector]\nproviders = ['gpu']\n", "detector.providers: unknown onnxruntime provider 'gpu'"),
         ("[source]\ntype = 'webcam'\n", "[source] source.type must be one of"),
         ("[tracker]\nmin_hits = 0\n", "[tracker] tracker.min_hits must be >= 1"),
         ("[spool]\nmax_events = -1\n", "spool.max_events must be >= 0"),

@@ -211,3 +211,48 @@ def test_int8_model_runs(tiny_plain_onnx: Path, tmp_path: Path) -> None:
         assert dets, backend
         c = centres(dets) * [256, 192]
         assert np.all((c[:, 0] < 110) & (c[:, 1] < 110)), backend  # all around the one square
+
+
+def test_onnxruntime_providers_are_named_checked_and_used(tiny_onnx: Path, tiny_ort: FaceDetector) -> None:
+    """`providers` picks ONNX Runtime (even under backend auto, which would take OpenVINO), a provider the
+    installed build lacks is one clear error, and bad names are refused before any model loads."""
+    import onnxruntime as ort
+
+    assert DetectorConfig(providers=("TensorRT", "cuda")).providers == (
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+    )
+    with pytest.raises(ConfigError, match="unknown onnxruntime provider 'gpu'"):
+        DetectorConfig(providers=("gpu",))
+    with pytest.raises(ConfigError, match="providers are ONNX Runtime's"):
+        DetectorConfig(backend="openvino", providers=("cpu",))
+
+    det = load_detector(tiny_onnx, backend="auto", threads=1, score_threshold=0.7, providers=["cpu"])
+    assert det.runtime == "onnxruntime"
+    assert det.backend.providers == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
+    frame = bright_squares([(40, 150, 60)], 256, 256)
+    assert det.detect(frame) == tiny_ort.detect(frame) != []
+
+    absent = next(p for p in ort.get_all_providers() if p not in ort.get_available_providers())
+    with pytest.raises(ModelError, match=f"{absent} is not in this onnxruntime build \\(it has .*CPU"):
+        load_detector(tiny_onnx, providers=[absent])
+
+
+def test_session_providers_order_cpu_fallback_and_tensorrt_engine_cache() -> None:
+    from edge.backends import session_providers
+
+    have = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    got = session_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"], have, "/var/cache/trt")
+    assert got == [
+        (
+            "TensorrtExecutionProvider",
+            {"trt_engine_cache_enable": "True", "trt_engine_cache_path": "/var/cache/trt"},
+        ),
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    # The CPU once, last, even when asked for first; no engine cache configured: no options.
+    assert session_providers(["CPUExecutionProvider", "CUDAExecutionProvider"], have) == [
+        "CPUExecutionProvider",
+        "CUDAExecutionProvider",
+    ]
