@@ -8,7 +8,10 @@ needs only the one it uses.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +33,7 @@ PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
 }
+TENSORRT = PROVIDER_ALIASES["tensorrt"]
 
 
 def provider_name(name: str, where: str = "detector.providers") -> str:
@@ -44,26 +48,54 @@ def provider_name(name: str, where: str = "detector.providers") -> str:
 
 
 def session_providers(
-    wanted: Sequence[str], available: Sequence[str], engine_cache: str = ""
+    wanted: Sequence[str], available: Sequence[str], tensorrt: dict[str, str] | None = None
 ) -> list[str | tuple[str, dict[str, str]]]:
-    """The ``providers`` argument of an ORT session: ``wanted`` in order, then the CPU as the fallback
-    for nodes the others cannot run. Refuses a provider this onnxruntime build does not have (the
-    plain ``onnxruntime`` wheel has only the CPU; Jetson needs NVIDIA's ``onnxruntime-gpu`` build)."""
+    """The ``providers`` argument of an ORT session: ``wanted`` in order, then the CPU (unless listed)
+    as the fallback for nodes the others cannot run; TensorRT gets the ``tensorrt`` options. Refuses a
+    provider this onnxruntime build does not have (the plain ``onnxruntime`` wheel has only the CPU;
+    a Jetson needs NVIDIA's ``onnxruntime-gpu`` build)."""
     missing = [p for p in wanted if p not in available]
     if missing:
         raise ModelError(
-            f"detector.providers: {missing[0]} is not in this onnxruntime build "
+            f"execution provider {missing[0]} is not in this onnxruntime build "
             f"(it has {', '.join(available)})"
         )
     out: list[str | tuple[str, dict[str, str]]] = []
     for name in dict.fromkeys([*wanted, CPU_PROVIDER]):
-        if name == "TensorrtExecutionProvider" and engine_cache:
-            # TensorRT builds its engine on first load (minutes on a Jetson); the cache makes every
-            # later start of the service load it in seconds.
-            out.append((name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": engine_cache}))
-        else:
-            out.append(name)
+        out.append((name, tensorrt) if name == TENSORRT and tensorrt else name)
     return out
+
+
+def tensorrt_options(model: ModelFile, engine_cache: str = "", max_side: int = 0) -> dict[str, str]:
+    """TensorRT provider options for ``model``: its own engine cache folder and, for a dynamic model,
+    one shape profile covering every input the detector can feed it."""
+    opts: dict[str, str] = {}
+    if engine_cache:
+        # TensorRT builds an engine on first load (minutes on a Jetson); the cache makes later starts
+        # load it in seconds. One folder per model file: ORT keys cached engines by file name and graph
+        # names, not by weights, so a retrained model of the same name would reuse a stale engine.
+        cache = Path(engine_cache) / model.sha256[:16]
+        opts |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
+    spec = model.meta.input
+    if spec.dynamic:
+        # An engine serves only the shapes of its profile; without one ORT rebuilds it whenever a frame
+        # of a new size arrives (e.g. the camera's after the warm-up). Sides are padded to the largest
+        # stride by the preprocessing, and capped by max_side (0 = the full frame: 1920 assumed).
+        stride = max(model.meta.priors.steps)
+        top = math.ceil((max_side or 1920) / stride) * stride
+        name = model.inputs[0].name
+
+        def shape(h: int, w: int) -> str:
+            dims = (1, 3, h, w) if spec.layout == "NCHW" else (1, h, w, 3)
+            return f"{name}:{'x'.join(map(str, dims))}"
+
+        opt_h, opt_w = (math.ceil(v / stride) * stride for v in (spec.height, spec.width))
+        opts |= {
+            "trt_profile_min_shapes": shape(stride, stride),
+            "trt_profile_opt_shapes": shape(opt_h, opt_w),
+            "trt_profile_max_shapes": shape(top, top),
+        }
+    return opts
 
 
 class Backend(Protocol):
@@ -79,13 +111,19 @@ class OnnxRuntimeBackend:
     """ONNX Runtime session; ``threads`` sets intra-op parallelism (0 = runtime default).
 
     ``providers`` (ORT names, in order of preference; empty = the CPU alone) picks the execution
-    providers, e.g. TensorRT then CUDA on a Jetson; ``engine_cache`` is TensorRT's engine folder.
+    providers, e.g. TensorRT then CUDA on a Jetson; ``engine_cache`` is TensorRT's engine folder and
+    ``max_side`` the detector's cap on the input's longer side (for TensorRT's shape profile).
     """
 
     runtime = "onnxruntime"
 
     def __init__(
-        self, model: ModelFile, threads: int = 0, providers: Sequence[str] = (), engine_cache: str = ""
+        self,
+        model: ModelFile,
+        threads: int = 0,
+        providers: Sequence[str] = (),
+        engine_cache: str = "",
+        max_side: int = 0,
     ) -> None:
         if model.format != "onnx":
             raise ModelError(f"{model.path}: onnxruntime runs .onnx files; use --backend openvino for an IR")
@@ -104,24 +142,33 @@ class OnnxRuntimeBackend:
         # (heat, throttling) for a latency gain of well under a millisecond at these model sizes.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = list(providers) or [CPU_PROVIDER]
-        chosen = session_providers(wanted, ort.get_available_providers(), engine_cache)
-        if engine_cache and "TensorrtExecutionProvider" in wanted:
-            _make_dir(engine_cache)
+        trt = tensorrt_options(model, engine_cache, max_side) if TENSORRT in wanted else None
+        chosen = session_providers(wanted, ort.get_available_providers(), trt)
+        if trt and "trt_engine_cache_path" in trt:
+            _make_dir(trt["trt_engine_cache_path"])
+        said = io.StringIO()
         try:
-            self._session = ort.InferenceSession(str(model.path), sess_options=opts, providers=chosen)
+            # When a provider fails to start, ORT's Python wrapper print()s its retry on the CPU to
+            # stdout, which would corrupt `detect`'s JSON lines: catch it and log it instead.
+            with contextlib.redirect_stdout(said):
+                self._session = ort.InferenceSession(str(model.path), sess_options=opts, providers=chosen)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ModelError(
                 f"{model.path}: onnxruntime cannot load the model ({_first_line(exc)})"
             ) from None
         self.providers = self._session.get_providers()
         dropped = [p for p in wanted if p not in self.providers]
-        if dropped:
-            # ORT falls back silently when a provider's libraries (CUDA, TensorRT) fail to load.
+        if dropped or said.getvalue().strip():
+            why = _first_line(Exception(said.getvalue())) if said.getvalue().strip() else "libraries missing"
             log.warning(
-                "onnxruntime could not start %s (its libraries are missing or failed to load); running on %s",
-                ", ".join(dropped),
+                "onnxruntime could not start %s (%s); running on %s",
+                ", ".join(dropped) or "a provider",
+                why,
                 ", ".join(self.providers),
             )
+        if len(self.providers) > 1:
+            # A provider failing mid-run would otherwise switch to the CPU with a print(): raise instead.
+            self._session.disable_fallback()
         self.input_name = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
 
@@ -183,6 +230,7 @@ def open_backend(
     warmup: np.ndarray | None = None,
     providers: Sequence[str] = (),
     engine_cache: str = "",
+    max_side: int = 0,
 ) -> Backend:
     """Load ``model`` on the named runtime (or ``auto``) and run ``warmup`` through it once.
 
@@ -207,7 +255,7 @@ def open_backend(
         try:
             be: Backend
             if name == "onnxruntime":
-                be = OnnxRuntimeBackend(model, threads, providers, engine_cache)
+                be = OnnxRuntimeBackend(model, threads, providers, engine_cache, max_side)
             else:
                 be = OpenVinoBackend(model, threads)
             if warmup is not None:

@@ -47,6 +47,9 @@ ProviderOpt = Annotated[
         "openvino or a full name; default: the CPU.",
     ),
 ]
+EngineCacheOpt = Annotated[
+    str, typer.Option("--engine-cache", help="Folder for TensorRT's built engines (empty: rebuild each run).")
+]
 ModelOpt = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs the Optional spelling to see an optional option
     typer.Option(
@@ -80,6 +83,7 @@ def detect(
     ] = 0.6,
     nms_threshold: Annotated[float, typer.Option("--nms-threshold", help="NMS IoU threshold.")] = 0.4,
     provider: ProviderOpt = None,
+    engine_cache: EngineCacheOpt = "",
 ) -> None:
     """Detect faces in images; print one JSON object per image (pixel boxes and landmarks)."""
     import json
@@ -88,7 +92,15 @@ def detect(
     from edge.detector import load_detector
 
     with _one_line_errors():
-        det = load_detector(model, backend, threads, score_threshold, nms_threshold, providers=provider or ())
+        det = load_detector(
+            model,
+            backend,
+            threads,
+            score_threshold,
+            nms_threshold,
+            providers=provider or (),
+            engine_cache=engine_cache,
+        )
         failed = None
         for image in images:
             try:
@@ -130,6 +142,7 @@ def bench(
     height: Annotated[int, typer.Option("--height", help="Frame height for synthetic/camera sources.")] = 480,
     score_threshold: Annotated[float, typer.Option("--score-threshold")] = 0.6,
     provider: ProviderOpt = None,
+    engine_cache: EngineCacheOpt = "",
 ) -> None:
     """Measure fps and latency (p50/p90/p99) of the real detect pipeline; prints JSON."""
     import json
@@ -139,7 +152,9 @@ def bench(
 
     with _one_line_errors():
         cfg = source_config_for(source, width, height)
-        det = load_detector(model, backend, threads, score_threshold, providers=provider or ())
+        det = load_detector(
+            model, backend, threads, score_threshold, providers=provider or (), engine_cache=engine_cache
+        )
         typer.echo(json.dumps(run_bench(det, cfg, frames=frames, threads=threads).as_dict(), indent=2))
 
 

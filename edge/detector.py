@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from edge.anchors import decode_boxes, decode_landmarks, nms, prior_boxes
-from edge.backends import BACKENDS, Backend, open_backend, provider_name
+from edge.backends import BACKENDS, CPU_PROVIDER, Backend, open_backend, provider_name
 from edge.contract import ModelMeta
 from edge.errors import ConfigError, ModelError
 from edge.model import ModelFile, read_model
@@ -59,9 +59,13 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"detector.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        object.__setattr__(self, "providers", tuple(provider_name(p) for p in self.providers))
+        names = (self.providers,) if isinstance(self.providers, str) else self.providers
+        object.__setattr__(self, "providers", tuple(provider_name(p) for p in names))
         if self.providers and self.backend == "openvino":
             raise ConfigError("detector.providers are ONNX Runtime's; use backend onnxruntime or auto")
+        if CPU_PROVIDER in self.providers[:-1]:
+            # ORT gives each node to the first provider that can run it: the CPU would take them all.
+            raise ConfigError("detector.providers: cpu must come last (it runs every node it is given)")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"detector.score_threshold must be in 0..1, got {self.score_threshold}")
         if not 0.0 < self.nms_threshold <= 1.0:
@@ -296,6 +300,7 @@ def load_detector(
     roi: Sequence[Sequence[float]] | None = None,
     max_side: int = 0,
     providers: Sequence[str] = (),
+    engine_cache: str = "",
 ) -> FaceDetector:
     """Read + validate ``path`` (empty = bundled default), load it on ``backend`` and warm it up."""
     cfg = DetectorConfig(
@@ -306,7 +311,8 @@ def load_detector(
         nms_threshold=nms_threshold,
         roi=normalise_roi(roi, "roi"),
         max_side=max_side,
-        providers=tuple(providers),
+        providers=(providers,) if isinstance(providers, str) else tuple(providers),
+        engine_cache=engine_cache,
     )
     return detector_from_config(cfg)
 
@@ -316,7 +322,9 @@ def detector_from_config(cfg: DetectorConfig) -> FaceDetector:
     model = read_model(cfg.model or None)
     meta = model.meta
     warm = preprocess(np.zeros((meta.input.height, meta.input.width, 3), np.uint8), meta, cfg.max_side)
-    be = open_backend(model, cfg.backend, cfg.threads, warm.tensor, cfg.providers, cfg.engine_cache)
+    be = open_backend(
+        model, cfg.backend, cfg.threads, warm.tensor, cfg.providers, cfg.engine_cache, cfg.max_side
+    )
     return FaceDetector(
         model=model,
         backend=be,

@@ -103,3 +103,18 @@ def test_bench_reports_fps_and_percentiles(tiny_onnx: Path) -> None:
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     assert doc["faces_per_frame"] > 0  # the synthetic source's white square is a "face" to the tiny net
     assert (doc["frame_w"], doc["frame_h"]) == (640, 480)
+
+
+def test_detect_provider_option(tiny_onnx: Path, tmp_path: Path) -> None:
+    image = _squares(tmp_path)[0]
+    args = ["detect", str(image), "--model", str(tiny_onnx), "--score-threshold", "0.7"]
+    ok = runner.invoke(app, [*args, "--provider", "cpu"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["faces"]
+    for provider, needle in (
+        ("gpu", "unknown onnxruntime provider 'gpu'"),
+        ("cuda", "CUDAExecutionProvider is not"),
+    ):
+        bad = runner.invoke(app, [*args, "--provider", provider])
+        assert bad.exit_code == 2 and bad.stdout == ""
+        assert needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

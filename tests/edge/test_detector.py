@@ -226,33 +226,57 @@ def test_onnxruntime_providers_are_named_checked_and_used(tiny_onnx: Path, tiny_
         DetectorConfig(providers=("gpu",))
     with pytest.raises(ConfigError, match="providers are ONNX Runtime's"):
         DetectorConfig(backend="openvino", providers=("cpu",))
+    with pytest.raises(ConfigError, match="cpu must come last"):
+        DetectorConfig(providers=("cpu", "cuda"))
 
-    det = load_detector(tiny_onnx, backend="auto", threads=1, score_threshold=0.7, providers=["cpu"])
+    det = load_detector(tiny_onnx, backend="auto", threads=1, score_threshold=0.7, providers="cpu")
     assert det.runtime == "onnxruntime"
     assert det.backend.providers == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
     frame = bright_squares([(40, 150, 60)], 256, 256)
     assert det.detect(frame) == tiny_ort.detect(frame) != []
 
     absent = next(p for p in ort.get_all_providers() if p not in ort.get_available_providers())
-    with pytest.raises(ModelError, match=f"{absent} is not in this onnxruntime build \\(it has .*CPU"):
+    with pytest.raises(
+        ModelError, match=f"provider {absent} is not in this onnxruntime build \\(it has .*CPU"
+    ):
         load_detector(tiny_onnx, providers=[absent])
 
 
-def test_session_providers_order_cpu_fallback_and_tensorrt_engine_cache() -> None:
+def test_session_providers_keep_the_order_and_end_with_the_cpu() -> None:
     from edge.backends import session_providers
 
     have = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    got = session_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"], have, "/var/cache/trt")
-    assert got == [
-        (
-            "TensorrtExecutionProvider",
-            {"trt_engine_cache_enable": "True", "trt_engine_cache_path": "/var/cache/trt"},
-        ),
+    trt = {"trt_engine_cache_enable": "True"}
+    assert session_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"], have, trt) == [
+        ("TensorrtExecutionProvider", trt),
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
     ]
-    # The CPU once, last, even when asked for first; no engine cache configured: no options.
-    assert session_providers(["CPUExecutionProvider", "CUDAExecutionProvider"], have) == [
-        "CPUExecutionProvider",
+    assert session_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], have) == [
         "CUDAExecutionProvider",
+        "CPUExecutionProvider",  # listed once
     ]
+
+
+def test_tensorrt_gets_a_cache_per_model_file_and_a_profile_for_every_frame_size(tmp_path: Path) -> None:
+    """Engines are cached per file hash (ORT's cache key ignores the weights), and a dynamic model's
+    profile spans every padded input the detector can produce, so no frame size forces a rebuild."""
+    from edge.backends import tensorrt_options
+    from edge.model import read_model
+
+    model = read_model(None)  # the shipped Nano-B: dynamic H x W, strides up to 32
+    assert model.meta.input.dynamic
+    name = model.inputs[0].name
+    opts = tensorrt_options(model, str(tmp_path), max_side=0)
+    assert opts["trt_engine_cache_enable"] == "True"
+    assert Path(opts["trt_engine_cache_path"]) == tmp_path / model.sha256[:16]
+    assert opts["trt_profile_min_shapes"] == f"{name}:1x3x32x32"
+    w, h = model.meta.input.width, model.meta.input.height
+    assert opts["trt_profile_opt_shapes"] == f"{name}:1x3x{-(-h // 32) * 32}x{-(-w // 32) * 32}"
+    assert opts["trt_profile_max_shapes"] == f"{name}:1x3x1920x1920"
+    capped = tensorrt_options(model, "", max_side=600)
+    assert "trt_engine_cache_path" not in capped
+    assert capped["trt_profile_max_shapes"] == f"{name}:1x3x608x608"
+    # The largest frame the detector feeds at that cap fits the profile.
+    net_w, net_h, _ = network_size(model.meta, 1920, 1080, max_side=600)
+    assert max(net_w, net_h) <= 608
