@@ -273,6 +273,10 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             coerce(v, a, f"{where}[{i}]")
             for i, (v, a) in enumerate(zip(value, args or [Any] * len(value), strict=False))
         )
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")

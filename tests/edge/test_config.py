@@ -145,3 +145,11 @@ def test_check_config_cli(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["check-config", str(bad)])
     assert result.exit_code == 2
     assert "[mqtt] port" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_coerce_checks_list_items() -> None:
+    from edge.config import coerce
+
+    assert coerce([1, 2.5], list[float], "k") == [1.0, 2.5]
+    with pytest.raises(ConfigError, match=r"k\[1\]: expected an integer, got 'a'"):
+        coerce([1, "a"], list[int], "k")

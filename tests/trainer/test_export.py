@@ -189,12 +189,14 @@ def test_trained_model_parity_pytorch_onnxruntime_openvino_fp32_and_int8(tmp_pat
         # INT8 (stated tolerance): at least 80 % of the FP32 faces found again at IoU >= 0.7.
         q = load_detector(files["onnx_int8"], backend="onnxruntime", **common).detect(image)
         ious = iou_matrix(np.array([r.box for r in ref]), np.array([d.box for d in q]).reshape(-1, 4))
-        kept += int((ious.max(axis=1, initial=0.0) >= 0.7).sum())
+        matched = int((ious.max(axis=1, initial=0.0) >= 0.7).sum())
+        # Per image a face near the score threshold may drop out; half of them never may.
+        assert matched >= 0.5 * len(ref), f"INT8 kept {matched} of {len(ref)} faces in {path.name}"
+        kept += matched
         found += len(ref)
         if cases == 3:
             break
     assert cases == 3, f"the teacher found >= 3 faces in only {cases} photo/size pairs"
-    # Over all cases: a face near the score threshold may drop out of one small image.
     assert kept >= 0.8 * found, f"INT8 kept {kept} of {found} faces"
 
 

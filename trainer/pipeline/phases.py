@@ -51,13 +51,14 @@ def evaluate_student(ctx: PhaseContext, model: torch.nn.Module) -> dict[str, flo
 
 def _recalibrate(ctx: PhaseContext, model: torch.nn.Module) -> None:
     """BN statistics re-estimated on training batches (a separate seed stream, no weight change)."""
-    data = ctx.recipe.data
-    # The recipe's loader workers build the batches (14 on the GPU host): the main process alone took
-    # 8 s for 8 batches of 32 at 640 px on 2 cores, where a whole H100 search trial took 22-27 s.
-    # The batches are the same either way (endless_batches).
-    batches = batch_stream(ctx.data.train, data.batch_size, ctx.recipe.run.seed + 1, 0, data.num_workers)
+    data, steps = ctx.recipe.data, ctx.recipe.run.bn_recalibration
+    # Loader workers build the batches (the GPU recipe has 14): the main process alone took 8 s for 8
+    # batches of 32 at 640 px on the 2-core development machine, while a whole H100 search trial took
+    # 22-27 s. No more workers than batches (each prefetches two). Same batches either way.
+    workers = min(data.num_workers, steps)
+    batches = batch_stream(ctx.data.train, data.batch_size, ctx.recipe.run.seed + 1, 0, workers)
     try:
-        recalibrate_bn(model.to(ctx.device), batches, ctx.recipe.run.bn_recalibration, ctx.device)
+        recalibrate_bn(model.to(ctx.device), batches, steps, ctx.device)
     finally:
         batches.close()
 

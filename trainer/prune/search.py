@@ -215,9 +215,12 @@ def run_worker(
             last = (done, running)
             if idle >= _max_wait(cfg):
                 log.warning(
-                    "pruning search: %d of %d trials complete, %d stuck RUNNING; stopped waiting",
+                    "pruning search: %d of %d trials complete and none finished for %.0f s; this "
+                    "worker stops (%d still RUNNING: a dead worker's trial that never sent a heartbeat, "
+                    "or one still running elsewhere)",
                     done,
                     cfg.n_trials,
+                    idle,
                     running,
                 )
                 return
@@ -228,7 +231,9 @@ def run_worker(
             continue
         failed = sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
         if failed >= cfg.n_trials:
-            raise RuntimeError(f"pruning search: {failed} trials failed (objective NaN or crashed)")
+            raise RuntimeError(
+                f"pruning search: {failed} trials failed (objective NaN, crashed, or worker killed)"
+            )
         study.optimize(wrapped, n_trials=1)
 
 
@@ -270,8 +275,11 @@ def run_search(
         for p in procs:
             p.join()
     bad = [p.exitcode for p in procs if p.exitcode != 0]
-    if bad:
+    done, _, _ = _counts(open_study(out, cfg))
+    if bad and done < cfg.n_trials:
         raise RuntimeError(f"{len(bad)} pruning search worker(s) failed (exit codes {bad})")
+    if bad:  # the other workers re-ran their trials: the search is whole
+        log.warning("%d pruning search worker(s) died (exit codes %s); trials re-run", len(bad), bad)
     return summarise(out, cfg)
 
 
