@@ -89,7 +89,7 @@ def tensorrt_options(model: ModelFile, engine_cache: str = "", max_side: int = 0
             dims = (1, 3, h, w) if spec.layout == "NCHW" else (1, h, w, 3)
             return f"{name}:{'x'.join(map(str, dims))}"
 
-        opt_h, opt_w = (math.ceil(v / stride) * stride for v in (spec.height, spec.width))
+        opt_h, opt_w = (min(math.ceil(v / stride) * stride, top) for v in (spec.height, spec.width))
         opts |= {
             "trt_profile_min_shapes": shape(stride, stride),
             "trt_profile_opt_shapes": shape(opt_h, opt_w),

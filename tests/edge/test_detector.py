@@ -280,3 +280,5 @@ def test_tensorrt_gets_a_cache_per_model_file_and_a_profile_for_every_frame_size
     # The largest frame the detector feeds at that cap fits the profile.
     net_w, net_h, _ = network_size(model.meta, 1920, 1080, max_side=600)
     assert max(net_w, net_h) <= 608
+    # A cap below the model's nominal size keeps the profile's optimum inside its range.
+    assert tensorrt_options(model, max_side=100)["trt_profile_opt_shapes"] == f"{name}:1x3x128x128"

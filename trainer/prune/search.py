@@ -275,11 +275,13 @@ def run_search(
         for p in procs:
             p.join()
     bad = [p.exitcode for p in procs if p.exitcode != 0]
-    done, _, _ = _counts(open_study(out, cfg))
-    if bad and done < cfg.n_trials:
+    # A worker killed by a signal (negative exit code) is forgiven when the others re-ran its trials;
+    # one that raised (an error in the objective) always fails the search.
+    killed = bad and all(code is not None and code < 0 for code in bad)
+    if bad and not (killed and _counts(open_study(out, cfg))[0] >= cfg.n_trials):
         raise RuntimeError(f"{len(bad)} pruning search worker(s) failed (exit codes {bad})")
-    if bad:  # the other workers re-ran their trials: the search is whole
-        log.warning("%d pruning search worker(s) died (exit codes %s); trials re-run", len(bad), bad)
+    if bad:
+        log.warning("%d pruning search worker(s) killed (exit codes %s); trials re-run", len(bad), bad)
     return summarise(out, cfg)
 
 
