@@ -47,6 +47,18 @@ def provider_name(name: str, where: str = "detector.providers") -> str:
     return full
 
 
+def check_providers(backend: str, providers: str | Sequence[str]) -> tuple[str, ...]:
+    """``providers`` as ONNX Runtime names, checked against ``backend`` (the rules of
+    ``detector.providers``, for the config and for :func:`open_backend` alike)."""
+    names = tuple(provider_name(p) for p in ((providers,) if isinstance(providers, str) else providers))
+    if names and backend == "openvino":
+        raise ConfigError("detector.providers are ONNX Runtime's; use backend onnxruntime or auto")
+    if CPU_PROVIDER in names[:-1]:
+        # ORT gives each node to the first provider that can run it: the CPU would take them all.
+        raise ConfigError("detector.providers: cpu must come last (it runs every node it is given)")
+    return names
+
+
 def session_providers(
     wanted: Sequence[str], available: Sequence[str], tensorrt: dict[str, str] | None = None
 ) -> list[str | tuple[str, dict[str, str]]]:
@@ -158,8 +170,9 @@ class OnnxRuntimeBackend:
             ) from None
         self.providers = self._session.get_providers()
         dropped = [p for p in wanted if p not in self.providers]
-        if dropped or said.getvalue().strip():
-            why = _first_line(Exception(said.getvalue())) if said.getvalue().strip() else "libraries missing"
+        printed = said.getvalue().strip()
+        if dropped or printed:
+            why = _first_line(Exception(printed)) if printed else "libraries missing"
             log.warning(
                 "onnxruntime could not start %s (%s); running on %s",
                 ", ".join(dropped) or "a provider",
@@ -240,8 +253,7 @@ def open_backend(
     """
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if providers and backend == "openvino":
-        raise ModelError("detector.providers are ONNX Runtime's; set detector.backend to onnxruntime or auto")
+    providers = check_providers(backend, providers)
     if providers:
         candidates = ["onnxruntime"]
     elif backend == "auto":

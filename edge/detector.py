@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from edge.anchors import decode_boxes, decode_landmarks, nms, prior_boxes
-from edge.backends import BACKENDS, CPU_PROVIDER, Backend, open_backend, provider_name
+from edge.backends import BACKENDS, Backend, check_providers, open_backend
 from edge.contract import ModelMeta
 from edge.errors import ConfigError, ModelError
 from edge.model import ModelFile, read_model
@@ -59,13 +59,7 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"detector.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        names = (self.providers,) if isinstance(self.providers, str) else self.providers
-        object.__setattr__(self, "providers", tuple(provider_name(p) for p in names))
-        if self.providers and self.backend == "openvino":
-            raise ConfigError("detector.providers are ONNX Runtime's; use backend onnxruntime or auto")
-        if CPU_PROVIDER in self.providers[:-1]:
-            # ORT gives each node to the first provider that can run it: the CPU would take them all.
-            raise ConfigError("detector.providers: cpu must come last (it runs every node it is given)")
+        object.__setattr__(self, "providers", check_providers(self.backend, self.providers))
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"detector.score_threshold must be in 0..1, got {self.score_threshold}")
         if not 0.0 < self.nms_threshold <= 1.0:
