@@ -6,8 +6,8 @@
 - latency (median, p90) of network inference on ONNX Runtime and OpenVINO (plus YuNet through
   ``cv2.FaceDetectorYN``, whose call includes its pre/post-processing), 1 thread and all threads, every
   model timed round-robin within a group so that load from other processes hits them alike;
-- WIDER accuracy on ``wider-val-dev`` (official protocol, original size, dump threshold 0.02, each
-  model's published NMS), parameters and MACs;
+- WIDER accuracy on ``wider-val-eval`` (200 val images at original resolution; official protocol,
+  original size, dump threshold 0.02, each model's published NMS), parameters and MACs;
 - model file size and the peak RSS of a separate inference process per model.
 
 It prints a markdown report and writes it into ``--out`` under the heading ``## Detector comparison``
@@ -43,9 +43,9 @@ RUNTIMES = ("onnxruntime", "openvino", "opencv")
 WARMUP = 5
 # AP (easy, medium, hard) the shared README gives for these files, original size: a decoder check.
 REFERENCE_AP = {
-    "YuNet-n": (83.90, 81.39, 71.48),
-    "SCRFD-0.5GF": (82.2, 80.6, 70.6),
-    "RetinaFace-mnet0.25": (84.63, 81.57, 65.57),
+    "YuNet-n": (88.14, 87.89, 78.48),
+    "SCRFD-0.5GF": (86.03, 86.20, 77.81),
+    "RetinaFace-mnet0.25": (89.90, 87.78, 70.39),
 }
 
 
@@ -203,8 +203,9 @@ def render(info: dict, subjects: list[Subject], rows: dict, groups: list[Latency
     out += [
         "### Accuracy and cost",
         "",
-        f"WIDER FACE val-dev ({info['wider']}), official protocol via `trainer.eval.widerface`, original "
-        "image size, dump threshold 0.02, NMS at each model's published IoU; AP in percent. Parameters = "
+        f"WIDER FACE val-eval ({info['wider']}: 200 val images, original resolution), official protocol "
+        "via `trainer.eval.widerface`, original image size, dump threshold 0.02, NMS at each model's "
+        "published IoU; AP in percent. Parameters = "
         "sum of floating-point initializer sizes in the file (an INT8 file keeps few float tensors). MACs "
         "at the input each model really runs for that frame (stride-padded, or its fixed size). Peak RSS: "
         "a separate process that imports the runtime, loads the model and runs it 20× on ONNX Runtime "
@@ -360,7 +361,7 @@ def run(
             "params": None if s.int8 or s.is_ir else s.parameters(),
             "macs": [s.macs(w, h) for w, h in sizes],
         }
-    wider = shared / "data" / "wider-val-dev"
+    wider = shared / "data" / "wider-val-eval"
     info["wider"] = os.path.relpath(wider, ROOT)
     if accuracy and wider.is_dir():
         for s in subjects:

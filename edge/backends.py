@@ -153,6 +153,10 @@ class OnnxRuntimeBackend:
         # Idle workers spin by default, which burns a core between frames on a Pi running all day
         # (heat, throttling) for a latency gain of well under a millisecond at these model sizes.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No CPU memory arena: the arena keeps every activation block it ever grew to for the life of
+        # the process (a 640x480 frame left 32 MB resident); plain allocations measured no slower here
+        # (docs/BENCHMARKS.md, memory). The memory pattern (one planned block per run) stays on.
+        opts.enable_cpu_mem_arena = False
         wanted = list(providers) or [CPU_PROVIDER]
         trt = tensorrt_options(model, engine_cache, max_side) if TENSORRT in wanted else None
         chosen = session_providers(wanted, ort.get_available_providers(), trt)

@@ -47,7 +47,9 @@ class SourceConfig:
     (0 = as fast as they are read). Times in seconds. ``stream`` picks the picamera2 stream the
     detector sees: ``main`` (RGB888 at width x height) or ``lores`` (YUV420 at lores size, cheaper).
     ``read_timeout_s`` is the per-read wait for callers without their own (``bench``; the daemon
-    uses ``[daemon] read_timeout_s``).
+    uses ``[daemon] read_timeout_s``). ``live`` makes a video, folder or synthetic source behave like a
+    camera: frames arrive at ``fps`` whether or not anyone reads them, and only the newest is kept
+    (cameras are always live).
     """
 
     type: str = "opencv"
@@ -57,6 +59,7 @@ class SourceConfig:
     height: int = 720
     fps: float = 0.0
     loop: bool = False
+    live: bool = False
     frames: int = 0  # synthetic: how many frames before ending (0 = endless)
     stream: str = "main"
     lores_width: int = 320
@@ -108,6 +111,9 @@ class ThreadedSource:
     def __init__(self, cfg: SourceConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
+        # Cameras are live by nature; a file, folder or synthetic source can be made live (cfg.live) to
+        # stand in for one, e.g. when measuring capture-to-event latency without a camera.
+        self.live = type(self).live or cfg.live
         self._reader: _Reader | None = None
         self._frame_id = 0
         self._ended = False
@@ -186,7 +192,7 @@ class _Reader:
     def _run(self) -> None:
         src, handle = self.source, None
         # Cameras pace themselves; files, folders and synthetic frames are paced to cfg.fps here.
-        pacer = _Pacer(0.0 if src.live else src.cfg.fps)
+        pacer = _Pacer(0.0 if type(src).live else src.cfg.fps)
         try:
             handle = src._connect()
             self.connected.set()

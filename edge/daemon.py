@@ -27,6 +27,7 @@ import numpy as np
 
 from edge.config import Config
 from edge.events import EventBuilder, ModelInfo
+from edge.memory import tune_malloc
 from edge.mqtt import MqttPublisher
 from edge.notify import Notifier
 from edge.records import Frame, FrameSource, TrackEvent
@@ -125,6 +126,7 @@ class Daemon:
         source: FrameSource | None = None,
         notifier: Notifier | None = None,
     ) -> None:
+        tune_malloc()  # before the detector and the frame loop allocate anything large
         self.config = config
         self.stop_event = threading.Event()
         self.stop_reason = ""

@@ -331,6 +331,25 @@ def test_live_source_keeps_the_newest_frame_and_counts_drops() -> None:
     src.close()
 
 
+def test_live_synthetic_source_stands_in_for_a_camera() -> None:
+    """``live = true``: frames keep coming at ``fps`` while nobody reads, the reader gets the newest."""
+    cfg = {"type": "synthetic", "path": "", "width": 40, "height": 30, "fps": 100.0}
+    src = open_source({**cfg, "live": True}, reconnect=False)
+    first = src.read(2.0)
+    time.sleep(0.3)  # a slow detector: ~30 frames are produced meanwhile, all but the newest dropped
+    second = src.read(2.0)
+    assert first is not None and second is not None
+    assert second.ts - first.ts > 0.25 and src.dropped_frames >= 15
+    src.close()
+    # Not live (the default for synthetic): every frame is kept, in order, none dropped.
+    src = open_source({**cfg, "frames": 6}, reconnect=False)
+    time.sleep(0.2)
+    frames = drain(src)
+    assert len(frames) == 6 and src.dropped_frames == 0
+    assert np.array_equal(frames[1].image, synthetic_frame(1, 40, 30))
+    src.close()
+
+
 def test_url_credentials_never_in_names() -> None:
     cfg = SourceConfig(type="url", path="rtsp://admin:hunter2@10.0.0.2:554/live")
     assert "hunter2" not in cfg.name and cfg.name == "url:rtsp://***@10.0.0.2:554/live"

@@ -154,7 +154,7 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     fine-tune at 64 px -> ONNX export with metadata; the exported file runs in ONNX Runtime like the
     student does, and a finished run resumes to the same files without work."""
     need_shared("weights/featherface_v1_official.pth")
-    need_shared("data/wider-val-dev")
+    need_shared("data/wider-train-pool")
     from edge.model import read_model
     from trainer.pipeline.run import run_nano_b, with_overrides
 
@@ -223,3 +223,83 @@ def test_info_command_prints_table_totals_and_macs(arch: str) -> None:
     )
     if arch == "v1":
         assert "592,371" in result.output
+
+
+# ------------------------------------------------------------------ label-file split, eval-set guard
+
+
+def _label_tree(root: Path, names: list[str], heights: tuple[int, ...] = (60, 35, 12, 6)) -> Path:
+    """A tiny WIDER_train tree: one 200x160 image per name with faces of the given heights."""
+    import cv2
+
+    lines = []
+    for i, name in enumerate(names):
+        path = root / "WIDER_train" / "images" / "0--Parade" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.full((160, 200, 3), 40 + i, np.uint8))
+        lines.append(f"# 0--Parade/{name}")
+        lines += [f"{10 + 45 * j} 5 {h} {h} " + " ".join(["-1.0"] * 15) for j, h in enumerate(heights)]
+    label = root / "label.txt"
+    label.write_text("\n".join(lines) + "\n")
+    return label
+
+
+def test_image_split_is_stable_disjoint_and_scored_by_size(tmp_path: Path) -> None:
+    from trainer.data.labels import read_label_txt
+    from trainer.pipeline.data import size_ground_truth, split_by_image
+
+    names = [f"0_Parade_{i}.jpg" for i in range(12)]
+    samples = read_label_txt(_label_tree(tmp_path / "a", names))
+    train, val = split_by_image(samples, 3)
+    assert len(val) == 3 and len(train) == 9 and {s.image for s in train}.isdisjoint(s.image for s in val)
+    # The held-out choice depends on the image, not on the file's order or length.
+    shuffled = read_label_txt(_label_tree(tmp_path / "b", [*names[::-1], "0_Parade_new.jpg"]))
+    held = {Path(s.image).name for s in val}
+    assert held <= {Path(s.image).name for s in split_by_image(shuffled, 4)[1]}
+    gt, images_dir = size_ground_truth(val)
+    assert images_dir == tmp_path / "a" / "WIDER_train" / "images" and len(gt) == 3
+    # Faces of 60 / 35 / 12 / 6 px: easy keeps >= 50, medium >= 30, hard >= 10; the 6-px face is ignored.
+    assert (gt.faces("easy"), gt.faces("medium"), gt.faces("hard")) == (3, 6, 9)
+    with pytest.raises(Exception, match="leaves no training image"):
+        split_by_image(samples, 12)
+
+
+def test_training_on_an_eval_set_image_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from edge.errors import DatasetError
+    from trainer.pipeline.data import guard_against_eval_sets
+
+    evalset = tmp_path / "eval" / "WIDER_val" / "images" / "1--Handshaking"
+    evalset.mkdir(parents=True)
+    import cv2
+
+    cv2.imwrite(str(evalset / "1_Handshaking_7.jpg"), np.full((20, 20, 3), 200, np.uint8))
+    train = tmp_path / "train"
+    train.mkdir()
+    cv2.imwrite(str(train / "ok.jpg"), np.full((20, 20, 3), 10, np.uint8))
+    sets = [str(tmp_path / "eval"), str(tmp_path / "absent")]  # an absent set is skipped
+    guard_against_eval_sets([train / "ok.jpg"], sets)
+    shutil.copy(evalset / "1_Handshaking_7.jpg", train / "renamed.jpg")  # a copy under another name
+    with pytest.raises(DatasetError, match=r"renamed.jpg is the evaluation image .*1_Handshaking_7.jpg"):
+        guard_against_eval_sets([train / "ok.jpg", train / "renamed.jpg"], sets)
+    cv2.imwrite(str(train / "1_Handshaking_7.jpg"), np.full((10, 10, 3), 0, np.uint8))  # re-encoded copy
+    with pytest.raises(DatasetError, match=r"split\.eval_sets"):
+        guard_against_eval_sets([train / "1_Handshaking_7.jpg"], sets)
+
+
+def test_pipeline_refuses_a_recipe_that_trains_on_wider_val_eval(tmp_path: Path) -> None:
+    """The old dev recipe (train on 68 wider-val-dev images) is refused: they are wider-val-eval images."""
+    need_shared("data/wider-val-eval")
+    root = need_shared("data/wider-val-dev")
+    from edge.errors import DatasetError
+    from trainer.pipeline.data import build_pipeline_data
+    from trainer.pipeline.run import with_overrides
+
+    recipe = with_overrides(
+        load_recipe(CONFIGS / "nano_b_cpu.toml"),
+        data={"label_file": "", "wider_root": str(root), "num_workers": 0},
+        split={"val_events": (0, 3, 9), "eval_sets": (str(root.parent / "wider-val-eval"),)},
+    )
+    with pytest.raises(DatasetError, match="is the evaluation image"):
+        build_pipeline_data(recipe, None)

@@ -34,6 +34,18 @@ def test_rate_to_count_rounds_and_keeps_one() -> None:
     assert n_to_prune(32, 0.3, chunks=2) % 2 == 0
 
 
+def test_rate_to_count_keeps_whole_simd_blocks() -> None:
+    # Kept widths land on multiples of the block (ONNX Runtime's NCHWc kernels), nearest the rate.
+    assert n_to_prune(64, 0.33, multiple=16) == 16  # 42.9 kept -> 48
+    assert n_to_prune(64, 0.4, multiple=16) == 32  # 38.4 kept -> 32
+    assert n_to_prune(256, 0.49, multiple=16) == 128
+    assert n_to_prune(64, 0.99, multiple=16) == 48  # at least one block stays
+    assert n_to_prune(8, 0.5, multiple=16) == 0  # narrower than a block: left whole
+    assert n_to_prune(21, 0.2, multiple=16) == 5  # an odd width is brought onto the grid
+    assert n_to_prune(48, 0.3, chunks=3, multiple=8) == 24  # both the block and the groups divide 24
+    assert (48 - n_to_prune(48, 0.3, chunks=3, multiple=8)) % 3 == 0
+
+
 def test_select_lowest_takes_equally_from_chunks() -> None:
     scores = torch.tensor([5.0, 1.0, 2.0, 9.0, 0.5, 0.1, 7.0, 8.0])
     assert select_lowest(scores, 2) == [4, 5]

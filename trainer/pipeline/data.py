@@ -1,9 +1,15 @@
-"""Data for the Nano-B pipeline: our own event split of a WIDER folder, the other training sources,
+"""Data for the Nano-B pipeline: our own split of the training images, the other training sources,
 the teacher as a pseudo-labeller, and an endless seeded batch stream that resumes mid-epoch.
 
-The split is by **event** (``0--Parade`` is event 0): images of ``split.val_events`` are validation
-only and never reach a training batch (:func:`split_wider` returns disjoint lists, and the tests
-check it).
+Two splits, both disjoint by construction (tested):
+
+- a WIDER folder (``data.wider_root``) by **event** (``0--Parade`` is event 0): images of
+  ``split.val_events`` are validation only, scored with the official setting lists;
+- a training label file (``data.label_file``, e.g. ``wider-train-pool``) by **image**: the
+  ``split.val_images`` images whose path hashes lowest are held out, scored with size-based settings.
+
+Whatever the split, no training image may be an image of an evaluation set (``split.eval_sets``):
+:func:`guard_against_eval_sets` refuses the run, by content and by WIDER file name.
 """
 
 from __future__ import annotations
@@ -20,9 +26,15 @@ from torch.utils.data import Dataset
 from edge.errors import DatasetError
 from trainer.data.augment import EvalTransform, TrainTransform
 from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset, endless_batches
-from trainer.data.labels import FaceSample
+from trainer.data.labels import FaceSample, read_label_txt
 from trainer.data.wider import read_wider
-from trainer.eval.widerface import WiderGroundTruth, event_number, load_ground_truth, locate_wider_val
+from trainer.eval.widerface import (
+    WiderGroundTruth,
+    event_number,
+    ground_truth_from_boxes,
+    load_ground_truth,
+    locate_wider_val,
+)
 from trainer.pipeline.recipe import NanoBRecipe
 
 
@@ -36,6 +48,37 @@ def split_wider(
             raise DatasetError("WIDER samples must be image files")
         (val if event_number(Path(s.image).parent.name) in val_events else train).append(s)
     return train, val
+
+
+def split_by_image(samples: list[FaceSample], count: int) -> tuple[list[FaceSample], list[FaceSample]]:
+    """``(train, val)``: the ``count`` samples whose ``<event>/<name>`` hashes lowest go to val.
+
+    A hash of the path, not a shuffle: the same image stays held out when the label file is
+    reordered or grows, so a checkpoint is never scored on an image it was trained on."""
+    if count <= 0:
+        return list(samples), []
+    if count >= len(samples):
+        raise DatasetError(
+            f"split.val_images = {count} leaves no training image (the file has {len(samples)})"
+        )
+
+    def key(s: FaceSample) -> str:
+        if s.image is None:
+            raise DatasetError("a label file split needs image files")
+        rel = f"{Path(s.image).parent.name}/{Path(s.image).name}"
+        return hashlib.sha256(rel.encode()).hexdigest()
+
+    held = {id(s) for s in sorted(samples, key=key)[:count]}
+    return [s for s in samples if id(s) not in held], [s for s in samples if id(s) in held]
+
+
+def size_ground_truth(val: list[FaceSample]) -> tuple[WiderGroundTruth, Path]:
+    """Ground truth of held-out label-file images (size-based settings) and their images folder."""
+    roots = {Path(s.image).parent.parent for s in val if s.image is not None}
+    if len(roots) != 1:
+        raise DatasetError(f"held-out images must share one <images>/<event>/ folder, found {len(roots)}")
+    items = [(Path(s.image).parent.name, Path(s.image).stem, s.boxes) for s in val if s.image is not None]
+    return ground_truth_from_boxes(items), roots.pop()
 
 
 def _digest(path: Path) -> str:
@@ -66,6 +109,43 @@ def guard_against_leakage(val: list[FaceSample], cfg: object) -> None:
                     f"{key}: {path} is the held-out validation image {twin} (split.val_events); "
                     "remove it from the training sources"
                 )
+
+
+def _images_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+
+
+def guard_against_eval_sets(train: Iterable[Path], eval_sets: Iterable[str]) -> None:
+    """Refuse a run that trains on an image of an evaluation set, found by content (a copy) or by its
+    WIDER file name (WIDER names are unique; a re-encoded or resized copy keeps its name)."""
+    digests: dict[str, Path] = {}
+    names: dict[str, Path] = {}
+    for root in map(Path, eval_sets):
+        if not root.is_dir():
+            continue  # that set is not on this machine: nothing of it can leak
+        for path in _images_under(root):
+            digests[_digest(path)] = path
+            names[path.name] = path
+    if not digests:
+        return
+    for path in train:
+        twin = names.get(path.name) or digests.get(_digest(path))
+        if twin is not None:
+            raise DatasetError(
+                f"training image {path} is the evaluation image {twin} (split.eval_sets); "
+                "remove it from the training sources"
+            )
+
+
+def _training_images(train_wider: list[FaceSample], cfg: object) -> list[Path]:
+    """Every image file a run trains on: the WIDER / label-file train split and the photo folders."""
+    from trainer.data.pseudo import list_images
+
+    paths = [Path(s.image) for s in train_wider if s.image is not None]
+    for key in ("pseudo_images", "background_photos"):
+        if getattr(cfg, key, ""):
+            paths.extend(list_images(getattr(cfg, key)))
+    return paths
 
 
 def teacher_detector(teacher: torch.nn.Module, scale: int = 640):
@@ -107,9 +187,10 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
     val_ds: Dataset | None = None
     val_gt: WiderGroundTruth | None = None
     images_dir: Path | None = None
+    train_s: list[FaceSample] = []
+    val_s: list[FaceSample] = []
     if cfg.wider_root:
         train_s, val_s = split_wider(read_wider(cfg.wider_root), split.val_events)
-        train_n, val_n = len(train_s), len(val_s)
         if split.val_events and not val_s:
             present = sorted({event_number(Path(s.image).parent.name) for s in train_s if s.image})
             raise DatasetError(
@@ -117,15 +198,26 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
                 f"(events present: {present})"
             )
         guard_against_leakage(val_s, cfg)
-        if train_s:
-            parts.append(
-                FaceDataset(train_s, TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror), seed)
-            )
         if val_s:
-            val_ds = FaceDataset(val_s, EvalTransform(cfg.img_dim), seed)
             images_dir, gt_dir = locate_wider_val(cfg.wider_root)
             val_gt = load_ground_truth(gt_dir).only_events(split.val_events).head(split.val_limit or None)
-    others = dataclasses.replace(cfg, wider_root="")
+    split_labels = bool(cfg.label_file and split.val_images and not cfg.wider_root)
+    if split_labels:
+        samples = read_label_txt(cfg.label_file, cfg.image_root or None)
+        train_s, val_s = split_by_image(samples, split.val_images)
+        val_gt, images_dir = size_ground_truth(val_s)
+        val_gt = val_gt.head(split.val_limit or None)
+    # The WIDER / label-file train split is built here; the other sources by build_dataset below.
+    others = dataclasses.replace(cfg, wider_root="", label_file="" if split_labels else cfg.label_file)
+    label_train = read_label_txt(others.label_file, others.image_root or None) if others.label_file else []
+    guard_against_eval_sets(_training_images(train_s + label_train, cfg), split.eval_sets)
+    train_n, val_n = len(train_s), len(val_s)
+    if train_s:
+        parts.append(
+            FaceDataset(train_s, TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror), seed)
+        )
+    if val_s:
+        val_ds = FaceDataset(val_s, EvalTransform(cfg.img_dim), seed)
     if others.label_file or others.synthetic_scenes or others.pseudo_images:
         detect = teacher_detector(teacher) if (others.pseudo_images and teacher is not None) else None
         parts.append(build_dataset(others, seed=seed, detect=detect, train=True))

@@ -33,6 +33,7 @@ from trainer.pipeline.loop import (
 )
 from trainer.pipeline.train import PhaseContext, train_steps
 from trainer.prune.groups import model_groups
+from trainer.prune.latency import onnx_latency_ms
 from trainer.prune.search import MIN_TRIALS, SearchConfig, load_best_rates, run_search
 from trainer.prune.soft import SoftPruner
 from trainer.prune.surgery import ParamCounter, analyse, count_params, prune_spec, remove_channels
@@ -119,23 +120,32 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
     kd_state = load_kd_state(phase1)
     example = torch.zeros(1, 3, pcfg.trace_size, pcfg.trace_size)
     groups = model_groups(student)
-    plan = analyse(student, example, groups)
+    plan = analyse(student, example, groups, pcfg.channel_multiple)
     # The penalty counts what DESIGN §2 counts: parameters of the exported file (BN folded into convs).
-    param_count = ParamCounter(student, groups, example)
+    param_count = ParamCounter(student, groups, example, multiple=pcfg.channel_multiple)
+
+    # The latency term is relative to the unpruned student, so its weight reads "score units per
+    # 100 % of the unpruned network's single-thread time".
+    ref_ms = onnx_latency_ms(student, recipe.run.export_size) if pcfg.latency_weight else 0.0
 
     # 1. Bayesian search: each trial prunes a copy at its rates, recovers briefly, scores held-out data.
     def objective(rates: dict[str, float]) -> float:
         trial = copy.deepcopy(student)
         remove_channels(trial, plan.select(trial, rates), example)
+        latency = 0.0
+        if pcfg.latency_weight:
+            ms = onnx_latency_ms(trial, recipe.run.export_size)
+            latency = pcfg.latency_weight * ms / ref_ms
+            log.info("trial latency %.2f ms (unpruned %.2f ms): +%.3f", ms, ref_ms, latency)
         _recalibrate(ctx, trial)
         train_steps(ctx, trial, pcfg.recovery_steps, pcfg.lr_scale, kd_state=kd_state)
         # Lower is better: the held-out MultiBox loss, or minus the mean held-out AP.
         if pcfg.score == "ap":
             aps = list(validation_ap(trial, ctx.data, recipe.split.val_scale).values())
             if aps:
-                return -sum(aps) / len(aps)
+                return latency - sum(aps) / len(aps)
         losses = make_losses(recipe, recipe.data.img_dim, ctx.device)
-        return validation_loss(trial, ctx.data, losses, ctx.device, recipe.data.batch_size)
+        return latency + validation_loss(trial, ctx.data, losses, ctx.device, recipe.data.batch_size)
 
     search_dir = out / "search"
     if not (search_dir / "best_rates.json").is_file():
@@ -147,7 +157,9 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
     #    the rate rising on the polynomial schedule; zeroed filters keep training and may recover.
     #    The last `settle_fraction` of the steps holds the final selection at zero (re-zeroed before
     #    every step) so the network adapts to its absence while it still trains and removal is exact.
-    pruner = SoftPruner(student, groups, rates, pcfg.soft_boundaries, example, pcfg.power)
+    pruner = SoftPruner(
+        student, groups, rates, pcfg.soft_boundaries, example, pcfg.power, pcfg.channel_multiple
+    )
     active = max(round(pcfg.soft_steps * (1.0 - pcfg.settle_fraction)), 1)
     every = max(active // pcfg.soft_boundaries, 1)
 

@@ -46,14 +46,26 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Our own train / validation split of a WIDER folder (``data.wider_root``), by event.
+    """Our own train / validation split: of a WIDER folder (``data.wider_root``) by event, or of a
+    training label file (``data.label_file``) by image (``val_images``).
 
-    Images of ``val_events`` are never trained on; they score the pruning search and every phase.
+    Held-out images are never trained on; they score the pruning search and every phase.
     """
 
     val_events: tuple[int, ...] = (0, 3, 9)
     val_scale: int = 640  # held-out AP at this longer side (pixels); 0 = original size
     val_limit: int = 0  # first N held-out images only (0: all)
+    # Hold out this many images of data.label_file (chosen by a hash of their path, so the split never
+    # changes when the file is reordered or grows); scored with size-based settings
+    # (trainer.eval.widerface.SIZE_SETTINGS), since a training label file has no official setting lists.
+    val_images: int = 0
+    # Evaluation sets no training image may come from (by content or by WIDER file name); a folder
+    # that is absent is skipped. The pipeline refuses a run that would train on one of their images.
+    eval_sets: tuple[str, ...] = ("../shared/data/wider-val-eval", "../shared/data/wider-val-dev")
+
+    def __post_init__(self) -> None:
+        if self.val_images < 0:
+            raise ValueError(f"val_images must be >= 0, got {self.val_images}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,13 @@ class PruneConfig:
     settle_fraction: float = 0.3
     power: float = 3.0  # polynomial schedule exponent
     trace_size: int = 64  # square input used to trace the dependency graph
+    # Kept channels per coupled set rounded to a multiple of this: ONNX Runtime's fast blocked (NCHWc)
+    # kernels need 16-channel blocks on AVX-512 and 8 on AVX2; an odd pruned width runs several
+    # times slower per multiply-add (docs/BENCHMARKS.md). 1 keeps the exact rates.
+    channel_multiple: int = 16
+    # Search score += this x (trial's measured ONNX Runtime 1-thread latency at run.export_size / the
+    # unpruned student's): trades held-out score for real CPU time, not only parameters. 0: off.
+    latency_weight: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = self.target_params
@@ -88,6 +107,8 @@ class PruneConfig:
             raise ValueError(
                 f"target_params must be (low, high) with 0 < low <= high, got {self.target_params}"
             )
+        if self.channel_multiple < 1:
+            raise ValueError(f"channel_multiple must be >= 1, got {self.channel_multiple}")
         if self.trials < 1 or self.soft_boundaries < 1:
             raise ValueError("trials and soft_boundaries must be >= 1")
         if not 0.0 <= self.settle_fraction < 1.0:

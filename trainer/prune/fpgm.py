@@ -7,6 +7,7 @@ by the others, so it is pruned first. Low score = prune first; the score itself 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,11 +36,21 @@ def rank_filters(weight: torch.Tensor) -> torch.Tensor:
     return torch.sort(fpgm_scores(weight), stable=True).indices
 
 
-def n_to_prune(n: int, rate: float, chunks: int = 1) -> int:
+def n_to_prune(n: int, rate: float, chunks: int = 1, multiple: int = 1) -> int:
     """How many of ``n`` channels a rate removes: rounded, a multiple of ``chunks`` (equal per group of
-    a grouped conv), and always leaving at least one channel per chunk."""
+    a grouped conv), and always leaving at least one channel per chunk.
+
+    With ``multiple`` > 1 the channels *kept* are rounded to a multiple of it (and of ``chunks``):
+    ONNX Runtime's blocked-layout (NCHWc) kernels need channel counts in multiples of the SIMD block
+    (8 floats on AVX2, 16 on AVX-512); a pruned width of 42 fell off them and ran its depthwise
+    convs about 4x slower per multiply-add than an aligned one (docs/BENCHMARKS.md). A set narrower
+    than one block is left whole."""
     if n <= 0 or rate <= 0.0:
         return 0
+    if multiple > 1:
+        step = math.lcm(multiple, chunks)
+        keep = max(step, round(n * (1.0 - rate) / step) * step)
+        return max(0, n - keep)
     per_chunk = n // chunks
     k = round(rate * per_chunk)
     return max(0, min(k, per_chunk - 1)) * chunks

@@ -111,6 +111,7 @@ class SoftPruner:
         total_steps: int,
         example_inputs: torch.Tensor,
         power: float = 3.0,
+        multiple: int = 1,
     ) -> None:
         if total_steps < 1:
             raise ValueError(f"soft pruning needs at least one step, got {total_steps}")
@@ -118,7 +119,7 @@ class SoftPruner:
         self.final_rates = validate_rates(final_rates)
         self.total_steps = total_steps
         self.power = power
-        self.plan = analyse(model, example_inputs, groups)
+        self.plan = analyse(model, example_inputs, groups, multiple)
         self.current_step = 0
         self.selection: Selection = {}
         self.masks: dict[str, torch.Tensor] = {}

@@ -80,6 +80,8 @@ class ChannelPlan:
     """Every coupled set of a model whose root is a conv / linear listed in ``prune_groups()``."""
 
     sets: list[CoupledSet] = field(default_factory=list)
+    # Kept channels per set are rounded to a multiple of this (1: exact rates); see fpgm.n_to_prune.
+    multiple: int = 1
 
     @property
     def prunable(self) -> list[CoupledSet]:
@@ -90,7 +92,7 @@ class ChannelPlan:
         modules = dict(model.named_modules())
         out: Selection = {}
         for s in self.prunable:
-            k = n_to_prune(s.n, s.rate(rates), s.chunks)
+            k = n_to_prune(s.n, s.rate(rates), s.chunks, self.multiple)
             if k == 0:
                 continue
             parts = []
@@ -205,13 +207,15 @@ def _block_reason(node: Any, name: str) -> str | None:
     return None
 
 
-def analyse(model: nn.Module, example_inputs: torch.Tensor, groups: PruneGroups) -> ChannelPlan:
+def analyse(
+    model: nn.Module, example_inputs: torch.Tensor, groups: PruneGroups, multiple: int = 1
+) -> ChannelPlan:
     """The coupled sets of ``model``, one per listed conv / linear not already covered by another's set."""
     graph = build_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     group_of = {id(m): g for g, ms in groups.items() for m in ms}
     covered: set[str] = set()
-    plan = ChannelPlan()
+    plan = ChannelPlan(multiple=multiple)
     listed = [m for m in model.modules() if id(m) in group_of]
     for root in listed:
         root_name = names[root]
@@ -404,7 +408,12 @@ class ParamCounter:
     """
 
     def __init__(
-        self, model: nn.Module, groups: PruneGroups, example_inputs: torch.Tensor, exported: bool = False
+        self,
+        model: nn.Module,
+        groups: PruneGroups,
+        example_inputs: torch.Tensor,
+        exported: bool = False,
+        multiple: int = 1,
     ) -> None:
         self.model = copy.deepcopy(model).eval()
         self.exported = exported  # count the real ONNX export (slow) instead of the folded estimate
@@ -412,6 +421,7 @@ class ParamCounter:
         # Store the groups by module name: module objects of the original would not survive pickling.
         self.group_names = {g: [names[id(m)] for m in ms] for g, ms in groups.items()}
         self.example_inputs = example_inputs
+        self.multiple = multiple
         self._plan: ChannelPlan | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -421,7 +431,7 @@ class ParamCounter:
         if self._plan is None:
             modules = dict(self.model.named_modules())
             groups = {g: [modules[n] for n in ns] for g, ns in self.group_names.items()}
-            self._plan = analyse(self.model, self.example_inputs, groups)
+            self._plan = analyse(self.model, self.example_inputs, groups, self.multiple)
         clone = copy.deepcopy(self.model)
         remove_channels(clone, self._plan.select(clone, rates), self.example_inputs)
         return onnx_param_count(clone, self.example_inputs) if self.exported else folded_param_count(clone)
