@@ -133,6 +133,19 @@ def test_random_crop_keeps_faces_consistent() -> None:
                 assert (ll == -1).all()
 
 
+def test_random_crop_draws_only_the_given_scales() -> None:
+    rng = np.random.default_rng(5)
+    img = np.zeros((300, 400, 3), np.uint8)
+    boxes = np.array([[140, 140, 160, 160]], np.float32)  # a 20-px face fits every crop below
+    ldm = np.full((1, 10), -1, np.float32)
+    sides = {random_crop(img, boxes, ldm, rng, scales=(0.3, 0.45))[0].shape[0] for _ in range(40)}
+    assert sides == {90, 135}  # 0.3 and 0.45 of the 300-px short side, nothing else
+    from trainer.data.dataset import DataConfig
+
+    with pytest.raises(ValueError, match="crop_scales"):
+        DataConfig(crop_scales=(0.3, 1.5))
+
+
 def test_train_transform_output_is_normalised_chw_minus_mean() -> None:
     img = np.full((120, 160, 3), (104, 117, 123), np.uint8)
     boxes = np.array([[40, 30, 80, 90]], np.float32)

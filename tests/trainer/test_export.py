@@ -200,6 +200,44 @@ def test_trained_model_parity_pytorch_onnxruntime_openvino_fp32_and_int8(tmp_pat
     assert kept >= 0.8 * found, f"INT8 kept {kept} of {found} faces"
 
 
+def test_grouped_convs_are_split_in_the_onnx_file_and_kept_in_the_ir(exported, tmp_path: Path) -> None:
+    """The export-time rewrite (trainer.export.rewrite): no grouped dense conv is left in the ONNX file,
+    same parameter count and outputs within 1e-4 of the unsplit graph on a real photo; the OpenVINO IR
+    keeps the grouped convs (its grouped kernel is the faster one there)."""
+    import cv2
+    import onnxruntime as ort
+
+    from tests.shared_paths import SHARED
+
+    net, files, meta = exported
+    model = onnx.load(files["onnx"])
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def grouped(m: onnx.ModelProto) -> int:
+        inits = {t.name: t for t in m.graph.initializer}
+        return sum(
+            1
+            for n in m.graph.node
+            if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)
+            and inits[n.input[1]].dims[1] > 1
+        )
+
+    assert grouped(model) == 0 and any(n.op_type == "Split" for n in model.graph.node) and inits
+    plain = export_model(net, tmp_path, "plain", width=128, height=96, split_groups=False).files["onnx"]
+    plain_model = onnx.load(plain)
+    assert grouped(plain_model) == 15  # the grouped SSH: 5 convs per level, 3 levels
+    assert parameter_count(plain_model) == meta.parameters
+    photo = cv2.imread(str(SHARED / "data" / "photos" / "1.jpg"))
+    image = photo if photo is not None else np.random.default_rng(1).integers(0, 255, (240, 320, 3), np.uint8)
+    x = preprocess(image, meta, max_side=320).tensor
+    split_out = ort.InferenceSession(str(files["onnx"])).run(None, {"input": x})
+    plain_out = ort.InferenceSession(str(plain)).run(None, {"input": x})
+    for a, b in zip(split_out, plain_out, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(np.abs(b).max())), rtol=0)
+    assert "GroupConvolution" in Path(files["openvino"]).read_text()
+
+
 def test_runtimes_match_pytorch_on_a_real_photo(exported) -> None:
     """A real image through the edge's preprocessing: raw outputs agree across all three runtimes.
     (Decoded detections of untrained weights are near-ties that NMS may order either way; decoded

@@ -213,3 +213,31 @@ def test_nano_b_prunes_physically_and_exactly() -> None:
     result = harden(pruner, x)
     assert count_params(result.model) < result.spec["params_before"]
     assert result.max_deviation < 1e-4
+
+
+def test_block_aligned_pruning_keeps_whole_channel_blocks_and_runs_in_onnxruntime() -> None:
+    """With ``multiple=16`` every pruned set keeps a multiple of 16 channels (sets narrower than a
+    block are left whole); the search's latency probe exports and times the pruned network."""
+    import math
+
+    from trainer.models.nano_b import NanoB
+    from trainer.prune.latency import onnx_latency_ms
+
+    torch.manual_seed(0)
+    net = NanoB().eval()
+    x = torch.zeros(1, 3, 64, 64)
+    before = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    plan = analyse(net, x, net.prune_groups(), multiple=16)
+    rates = {"backbone_early": 0.3, "backbone_late": 0.45, "cbam": 0.3, "bifpn": 0.33, "ssh": 0.3, "heads": 0.2}
+    selection = plan.select(net, rates)
+    assert selection  # something is pruned
+    pruned_sets = {s.root for s in plan.prunable if s.root in selection}
+    for s in plan.prunable:
+        kept = s.n - len(selection.get(s.root, []))
+        assert kept % 16 == 0 or (s.root not in pruned_sets and kept == s.n), (s.root, s.n, kept)
+    remove_channels(net, selection, x)
+    after = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    shrunk = [n for n in after if after[n] < before[n]]
+    assert shrunk and all(after[n] % 16 == 0 for n in shrunk)
+    ms = onnx_latency_ms(net, (96, 64), runs=3)
+    assert math.isfinite(ms) and ms > 0

@@ -26,9 +26,15 @@ _INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_
 
 
 def random_crop(
-    image: np.ndarray, boxes: np.ndarray, ldm: np.ndarray, rng: np.random.Generator, tries: int = 250
+    image: np.ndarray,
+    boxes: np.ndarray,
+    ldm: np.ndarray,
+    rng: np.random.Generator,
+    tries: int = 250,
+    scales: tuple[float, ...] = CROP_SCALES,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """Square crop containing at least one whole face; faces whose centre falls outside are dropped.
+    The crop's side is one of ``scales`` (drawn uniformly) times the image's short side.
 
     Returns ``(image, boxes, landmarks, cropped)``; ``cropped`` is False when no crop was found
     (the caller then pads to a square instead). Boxes are clipped to the crop; landmarks shift with it.
@@ -38,7 +44,7 @@ def random_crop(
     valid = ldm[:, 0] >= 0
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     for _ in range(tries):
-        size = int(CROP_SCALES[rng.integers(len(CROP_SCALES))] * short)
+        size = int(scales[rng.integers(len(scales))] * short)
         if size < 2:
             continue
         left = 0 if width == size else int(rng.integers(width - size))
@@ -138,6 +144,10 @@ class TrainTransform:
     crop: bool = True
     distort: bool = True
     mirror: bool = True
+    # Crop sides as fractions of the short side. RetinaFace's set suits 640-px inputs; with smaller
+    # inputs the large crops shrink every face (a 1024-px WIDER image cropped whole to 320 px shows a
+    # 16-px face at 7 px), so a recipe can keep to the smaller crops (data.crop_scales).
+    scales: tuple[float, ...] = CROP_SCALES
 
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, ldm: np.ndarray, rng: np.random.Generator
@@ -145,7 +155,7 @@ class TrainTransform:
         """-> ``(CHW float32 input, boxes (N, 4) normalised, landmarks (N, 10) normalised / -1)``."""
         cropped = False
         if self.crop:
-            image, boxes, ldm, cropped = random_crop(image, boxes, ldm, rng)
+            image, boxes, ldm, cropped = random_crop(image, boxes, ldm, rng, scales=self.scales)
         if self.distort:
             image = distort(image, rng)
         if self.mirror and rng.random() < 0.5:

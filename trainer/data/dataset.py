@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from edge.errors import DatasetError
-from trainer.data.augment import EvalTransform, TrainTransform
+from trainer.data.augment import CROP_SCALES, EvalTransform, TrainTransform
 from trainer.data.labels import FaceSample, read_label_txt
 from trainer.data.pseudo import Detect, list_images, pseudo_label, teacher_detect
 from trainer.data.synthetic import load_face_crops, load_photos, make_scene
@@ -51,6 +51,7 @@ class DataConfig:
     pseudo_scale: int = 640  # the teacher sees images with the longer side resized to this
     img_dim: int = 640  # square training input size
     crop: bool = True
+    crop_scales: tuple[float, ...] = CROP_SCALES  # crop side / short side, drawn uniformly (augment.py)
     distort: bool = True
     mirror: bool = True
     batch_size: int = 32  # per process (per GPU under DDP)
@@ -63,6 +64,8 @@ class DataConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.synthetic_scenes < 0 or self.num_workers < 0:
             raise ValueError("synthetic_scenes and num_workers must be >= 0")
+        if not self.crop_scales or not all(0 < c <= 1 for c in self.crop_scales):
+            raise ValueError(f"crop_scales must be fractions in (0, 1], got {self.crop_scales}")
         if not 1 <= self.synthetic_faces[0] <= self.synthetic_faces[1]:
             raise ValueError(f"synthetic_faces must be (min >= 1, max >= min), got {self.synthetic_faces}")
 
@@ -167,7 +170,7 @@ def build_dataset(
     """
     transform: Callable = EvalTransform(cfg.img_dim)
     if train:
-        transform = TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror)
+        transform = TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror, cfg.crop_scales)
     parts: list[Dataset] = []
     if cfg.label_file:
         samples = read_label_txt(cfg.label_file, cfg.image_root or None)

@@ -213,9 +213,8 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
     guard_against_eval_sets(_training_images(train_s + label_train, cfg), split.eval_sets)
     train_n, val_n = len(train_s), len(val_s)
     if train_s:
-        parts.append(
-            FaceDataset(train_s, TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror), seed)
-        )
+        transform = TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror, cfg.crop_scales)
+        parts.append(FaceDataset(train_s, transform, seed))
     if val_s:
         val_ds = FaceDataset(val_s, EvalTransform(cfg.img_dim), seed)
     if others.label_file or others.synthetic_scenes or others.pseudo_images:
