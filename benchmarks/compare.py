@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -318,6 +319,7 @@ def run(
     label: str | None,
     accuracy: bool,
     command: str,
+    also: Sequence[Path] = (),
     log=print,
 ) -> str:
     """Run every measurement and return the markdown section."""
@@ -344,7 +346,10 @@ def run(
             raise ModelError(f"model file {p} does not exist")
     if label is None and model is not None:
         label = "Nano-B" if model.resolve() == shipped.resolve() else model.stem
-    subjects = collect(model, label or "model", int8, shared / "weights" / "peers")
+    for p in also:
+        if not p.is_file():
+            raise ModelError(f"model file {p} does not exist")
+    subjects = collect(model, label or "model", int8, shared / "weights" / "peers", also)
     if not any(s.kind != "contract" for s in subjects):
         notes.append(f"No peers found under {shared / 'weights' / 'peers'}.")
     if not subjects:
@@ -429,11 +434,15 @@ def main(
         str | None, typer.Option(help="name of --model in the tables (default: file stem)")
     ] = None,
     accuracy: Annotated[bool, typer.Option(help="run the WIDER accuracy pass")] = True,
+    also: Annotated[
+        list[Path] | None,
+        typer.Option(help="another contract ONNX to time in the same run (repeatable; named by file stem)"),
+    ] = None,
 ) -> None:
     """Latency, accuracy, size and memory of a contract model and the peer detectors, side by side."""
     command = "python -m benchmarks.compare " + shlex.join(sys.argv[1:])
     try:
-        section = run(model, int8, shared, runs, parse_sizes(sizes), label, accuracy, command)
+        section = run(model, int8, shared, runs, parse_sizes(sizes), label, accuracy, command, also or [])
     except FeatherFaceError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

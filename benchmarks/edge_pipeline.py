@@ -142,7 +142,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         print(
-            json.dumps(run_child(args.model, args.child, args.frames, args.threads, args.width, args.height))
+            json.dumps(
+                run_child(
+                    args.model, args.child, args.frames, args.threads, args.width, args.height, args.fps
+                )
+            )
         )
         return 0
     results = []

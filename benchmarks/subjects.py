@@ -8,7 +8,7 @@ detect faces on an image at its original size (for WIDER), and what its file cos
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,13 +154,17 @@ def yunet_cv2(path: Path, w: int, h: int):
     return det
 
 
-def collect(model: Path | None, label: str, int8: Path | None, peer_root: Path) -> list[Subject]:
-    """Our model (FP32, then INT8), then the peers found in ``peer_root``, then YuNet via OpenCV."""
+def collect(
+    model: Path | None, label: str, int8: Path | None, peer_root: Path, also: Sequence[Path] = ()
+) -> list[Subject]:
+    """Our model (FP32, then INT8), other contract models (``also``, e.g. the previously shipped file,
+    labelled by file stem), then the peers found in ``peer_root``, then YuNet via OpenCV."""
     out: list[Subject] = []
     if model is not None:
         out.append(Subject(label, "contract", model, 0.4))
     if int8 is not None:
         out.append(Subject(f"{label} INT8", "contract", int8, 0.4, int8=True))
+    out += [Subject(p.stem, "contract", p, 0.4) for p in also]
     if peer_root.is_dir():
         out += [Subject(p.name, "peer", p.path, p.nms_threshold, peer_name=p.name) for p in peers(peer_root)]
         if (peer_root / CV2_YUNET).is_file():

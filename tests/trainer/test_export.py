@@ -201,9 +201,10 @@ def test_trained_model_parity_pytorch_onnxruntime_openvino_fp32_and_int8(tmp_pat
 
 
 def test_grouped_convs_are_split_in_the_onnx_file_and_kept_in_the_ir(exported, tmp_path: Path) -> None:
-    """The export-time rewrite (trainer.export.rewrite): no grouped dense conv is left in the ONNX file,
-    same parameter count and outputs within 1e-4 of the unsplit graph on a real photo; the OpenVINO IR
-    keeps the grouped convs (its grouped kernel is the faster one there)."""
+    """The export-time rewrites (trainer.export.rewrite): no grouped dense conv is left in the ONNX file
+    and no two dense convs read one tensor with one geometry (the heads are merged), with the same
+    parameter count and outputs within 1e-4 of the plain graph on a real photo; the OpenVINO IR keeps
+    the grouped convs (its grouped kernel is the faster one there)."""
     import cv2
     import onnxruntime as ort
 
@@ -223,10 +224,19 @@ def test_grouped_convs_are_split_in_the_onnx_file_and_kept_in_the_ir(exported, t
             and inits[n.input[1]].dims[1] > 1
         )
 
-    assert grouped(model) == 0 and any(n.op_type == "Split" for n in model.graph.node) and inits
-    plain = export_model(net, tmp_path, "plain", width=128, height=96, split_groups=False).files["onnx"]
+    def parallel(m: onnx.ModelProto) -> int:
+        seen = [
+            (n.input[0], tuple(str(a) for a in n.attribute))
+            for n in m.graph.node
+            if n.op_type == "Conv" and not any(a.name == "group" and a.i > 1 for a in n.attribute)
+        ]
+        return len(seen) - len(set(seen))
+
+    assert grouped(model) == 0 and parallel(model) == 0 and inits
+    plain = export_model(net, tmp_path, "plain", width=128, height=96, rewrite=False).files["onnx"]
     plain_model = onnx.load(plain)
     assert grouped(plain_model) == 15  # the grouped SSH: 5 convs per level, 3 levels
+    assert parallel(plain_model) == 8  # 3 heads per level (2 extra each) + C4 / C5 read twice by BiFPN
     assert parameter_count(plain_model) == meta.parameters
     photo = cv2.imread(str(SHARED / "data" / "photos" / "1.jpg"))
     image = photo if photo is not None else np.random.default_rng(1).integers(0, 255, (240, 320, 3), np.uint8)

@@ -228,7 +228,14 @@ def test_block_aligned_pruning_keeps_whole_channel_blocks_and_runs_in_onnxruntim
     x = torch.zeros(1, 3, 64, 64)
     before = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)}
     plan = analyse(net, x, net.prune_groups(), multiple=16)
-    rates = {"backbone_early": 0.3, "backbone_late": 0.45, "cbam": 0.3, "bifpn": 0.33, "ssh": 0.3, "heads": 0.2}
+    rates = {
+        "backbone_early": 0.3,
+        "backbone_late": 0.45,
+        "cbam": 0.3,
+        "bifpn": 0.33,
+        "ssh": 0.3,
+        "heads": 0.2,
+    }
     selection = plan.select(net, rates)
     assert selection  # something is pruned
     pruned_sets = {s.root for s in plan.prunable if s.root in selection}

@@ -22,7 +22,7 @@ from torch import nn
 from edge.contract import METADATA_KEY, ModelMeta
 from edge.errors import FeatherFaceError
 from trainer.export import metadata
-from trainer.export.rewrite import split_grouped_convs
+from trainer.export.rewrite import merge_parallel_convs, split_grouped_convs
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,15 @@ def export_model(
     int8: bool = False,
     calib_images: Sequence[str | Path] | str | Path = (),
     provenance: dict[str, Any] | None = None,
-    split_groups: bool = True,
+    rewrite: bool = True,
 ) -> ExportResult:
     """Write ``out_dir/<name>.onnx`` (always), and the IR / TorchScript / INT8 files asked for.
 
     ``width``/``height`` are the nominal input size stored in the metadata (and the fixed size when
     ``dynamic`` is false). INT8 needs ``calib_images`` (real photos; 50–300 is plenty).
-    ``split_groups``: grouped convs become one dense conv per group in the ONNX file (same function and
-    weights, faster on ONNX Runtime: :mod:`trainer.export.rewrite`); the IR keeps them grouped.
+    ``rewrite``: the ONNX file gets the graph rewrites of :mod:`trainer.export.rewrite` (grouped convs
+    split per group, parallel convs merged: same function and weights, faster on ONNX Runtime); the
+    OpenVINO IR is written from the graph before them.
     """
     unknown = set(formats) - set(FORMATS)
     if unknown:
@@ -140,9 +141,10 @@ def export_model(
         model = _strip_debug_info(onnx.load_from_string(_onnx_bytes(head, example, dynamic)))
     grouped = onnx.ModelProto()
     grouped.CopyFrom(model)  # what OpenVINO gets: its grouped kernel beats the split form
-    if split_groups:
+    if rewrite:
         model, n_split = split_grouped_convs(model)
-        log.info("split %d grouped convs into dense convs per group", n_split)
+        model, n_merged = merge_parallel_convs(model)
+        log.info("rewrites: %d grouped convs split per group, %d parallel convs merged", n_split, n_merged)
     meta = metadata.build_meta(name, version, width, height, dynamic, model, provenance)
     metadata.attach(model, meta)
     onnx_path = out / f"{name}.onnx"

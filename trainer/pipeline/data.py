@@ -106,7 +106,7 @@ def guard_against_leakage(val: list[FaceSample], cfg: object) -> None:
             twin = held.get(_digest(path))
             if twin is not None:
                 raise DatasetError(
-                    f"{key}: {path} is the held-out validation image {twin} (split.val_events); "
+                    f"{key}: {path} is the held-out validation image {twin} (split.val_events / val_images); "
                     "remove it from the training sources"
                 )
 
@@ -197,7 +197,6 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
                 f"split.val_events {list(split.val_events)} match no event under {cfg.wider_root} "
                 f"(events present: {present})"
             )
-        guard_against_leakage(val_s, cfg)
         if val_s:
             images_dir, gt_dir = locate_wider_val(cfg.wider_root)
             val_gt = load_ground_truth(gt_dir).only_events(split.val_events).head(split.val_limit or None)
@@ -209,6 +208,7 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
         val_gt = val_gt.head(split.val_limit or None)
     # The WIDER / label-file train split is built here; the other sources by build_dataset below.
     others = dataclasses.replace(cfg, wider_root="", label_file="" if split_labels else cfg.label_file)
+    guard_against_leakage(val_s, others)
     label_train = read_label_txt(others.label_file, others.image_root or None) if others.label_file else []
     guard_against_eval_sets(_training_images(train_s + label_train, cfg), split.eval_sets)
     train_n, val_n = len(train_s), len(val_s)
