@@ -24,6 +24,16 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], retired: set[str]) -> None:
+    """Install ``nodes`` as the graph's nodes and drop the ``retired`` initializers nothing reads now."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    still_used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name not in retired or t.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
 def split_grouped_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Rewrite every grouped, non-depthwise ``Conv`` with initializer weights as Split + one Conv per
     group + Concat (in place); returns ``(model, number rewritten)``. Depthwise convs are left alone:
@@ -68,12 +78,7 @@ def split_grouped_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         nodes.append(helper.make_node("Concat", outs, list(node.output), axis=1, name=f"{name}/concat"))
         retired.update(node.input[1:3])
         count += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    still_used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name not in retired or t.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    _replace_nodes(graph, nodes, retired)
     return model, count
 
 
@@ -141,10 +146,5 @@ def merge_parallel_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             nodes.extend(merged[node.output[0]])
         elif node.output[0] not in dropped:
             nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    still_used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name not in retired or t.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    _replace_nodes(graph, nodes, retired)
     return model, removed
