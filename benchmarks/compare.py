@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import typer
 
+from benchmarks.child import ChildFailed, run_module
 from benchmarks.subjects import Subject, collect
 from edge.errors import ConfigError, FeatherFaceError, ModelError
 from edge.model import default_model_path
@@ -125,19 +126,12 @@ def measure_accuracy(subject: Subject, wider: Path) -> dict[str, float]:
 def measure_memory(subject: Subject | None, w: int, h: int) -> int:
     """Peak RSS (KiB) of a fresh process that loads ``subject`` and runs it 20 times (None = baseline)."""
     spec = {} if subject is None else {**asdict(subject), "path": str(subject.path)}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memprobe", json.dumps(spec), str(w), str(h)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
-        raise ModelError(f"memory probe failed for {subject.label if subject else 'baseline'}: {lines[-1]}")
-    return int(json.loads(proc.stdout.strip().splitlines()[-1])["maxrss_kib"])
+    try:
+        result = run_module("benchmarks.memprobe", [json.dumps(spec), str(w), str(h)], timeout=300)
+    except ChildFailed as exc:
+        who = subject.label if subject else "baseline"
+        raise ModelError(f"memory probe failed for {who}: {exc.last_line}") from None
+    return int(result["maxrss_kib"])
 
 
 # ----------------------------------------------------------------------------- report

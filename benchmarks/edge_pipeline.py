@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.child import ChildFailed, run_module
 from benchmarks.memprobe import peak_rss_kib
 
 SAMPLE = Path(__file__).resolve().parents[1] / "edge" / "samples" / "astronaut.png"
@@ -152,30 +152,13 @@ def main() -> int:
     results = []
     for backend in args.backends.split(","):
         # A child per backend: peak RSS and runtime thread pools must not mix.
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.edge_pipeline",
-            "--model",
-            args.model,
-            "--frames",
-            str(args.frames),
-            "--threads",
-            str(args.threads),
-            "--width",
-            str(args.width),
-            "--height",
-            str(args.height),
-            "--fps",
-            str(args.fps),
-            "--child",
-            backend,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=SAMPLE.parents[2])
-        if proc.returncode != 0:
-            print(f"{backend}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        child_args = ["--model", args.model, "--frames", str(args.frames), "--threads", str(args.threads)]
+        child_args += ["--width", str(args.width), "--height", str(args.height), "--fps", str(args.fps)]
+        try:
+            result = run_module("benchmarks.edge_pipeline", [*child_args, "--child", backend])
+        except ChildFailed as exc:
+            print(f"{backend}: failed\n{exc.tail}", file=sys.stderr)
             continue
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(result)
         print(json.dumps(result))
     print(f"\n{'backend':<12} {'fps':>8} {'infer ms':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>8}")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks.child import ChildFailed, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,21 +74,12 @@ def main() -> int:
         print(json.dumps(child(args.child, args.model, size, args.threads)))  # type: ignore[arg-type]
         return 0
     for runtime in args.runtimes.split(","):
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.memory_breakdown",
-            "--model",
-            args.model,
-            "--size",
-            args.size,
-        ]
-        cmd += ["--threads", str(args.threads), "--child", runtime]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
-        if proc.returncode != 0:
-            print(f"{runtime}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        child_args = ["--model", args.model, "--size", args.size, "--threads", str(args.threads)]
+        try:
+            rows = run_module("benchmarks.memory_breakdown", [*child_args, "--child", runtime])
+        except ChildFailed as exc:
+            print(f"{runtime}: failed\n{exc.tail}", file=sys.stderr)
             continue
-        rows = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"\n**{runtime}** ({Path(args.model).name}, {args.threads} threads)\n")
         print("| step | RSS MB | added | peak (VmHWM) MB |\n|---|---:|---:|---:|")
         prev = 0.0
