@@ -15,6 +15,7 @@ Whatever the split, no training image may be an image of an evaluation set (``sp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Generator, Iterable
 from pathlib import Path
@@ -81,14 +82,24 @@ def size_ground_truth(val: list[FaceSample]) -> tuple[WiderGroundTruth, Path]:
     return ground_truth_from_boxes(items), roots.pop()
 
 
+@functools.cache  # size and mtime key the cache: a rewritten file is hashed again
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """sha256 of a file's bytes, computed once per file version: both guards hash every training
+    image, and a full WIDER train set is gigabytes."""
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
 
 
-def guard_against_leakage(val: list[FaceSample], cfg: object) -> None:
+def guard_against_leakage(
+    val: list[FaceSample], cfg: object, label_samples: list[FaceSample] | None = None
+) -> None:
     """Refuse a run whose other sources (label file, pseudo-label or background folders) contain a
-    held-out image — by path or by content, since copies are the usual way it happens."""
-    from trainer.data.labels import read_label_txt
+    held-out image — by path or by content, since copies are the usual way it happens.
+    ``label_samples``: the label file as already read (else it is read from ``cfg.label_file``)."""
     from trainer.data.pseudo import list_images
 
     held = {_digest(Path(s.image)): Path(s.image) for s in val if s.image is not None}
@@ -96,7 +107,9 @@ def guard_against_leakage(val: list[FaceSample], cfg: object) -> None:
         return
     sources: list[tuple[str, Iterable[Path]]] = []
     if getattr(cfg, "label_file", ""):
-        samples = read_label_txt(cfg.label_file, getattr(cfg, "image_root", "") or None)  # type: ignore[attr-defined]
+        samples = label_samples
+        if samples is None:
+            samples = read_label_txt(cfg.label_file, getattr(cfg, "image_root", "") or None)  # type: ignore[attr-defined]
         sources.append(("data.label_file", (Path(s.image) for s in samples if s.image is not None)))
     for key in ("pseudo_images", "background_photos"):
         if getattr(cfg, key, ""):
@@ -208,8 +221,8 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
         val_gt = val_gt.head(split.val_limit or None)
     # The WIDER / label-file train split is built here; the other sources by build_dataset below.
     others = dataclasses.replace(cfg, wider_root="", label_file="" if split_labels else cfg.label_file)
-    guard_against_leakage(val_s, others)
     label_train = read_label_txt(others.label_file, others.image_root or None) if others.label_file else []
+    guard_against_leakage(val_s, others, label_train)
     guard_against_eval_sets(_training_images(train_s + label_train, cfg), split.eval_sets)
     train_n, val_n = len(train_s), len(val_s)
     if train_s:
