@@ -165,6 +165,30 @@ def test_warmup_then_cosine_and_step_decay() -> None:
             assert lrs[49] == 1.0 and lrs[50] == pytest.approx(0.1)
 
 
+def test_warm_restarts_repeat_the_one_cycle_schedule_at_a_scaled_peak() -> None:
+    """Cycle 1 of a two-cycle schedule is the one-cycle schedule of half the steps (a finished short
+    phase 3 goes on as cycle 1 of the longer recipe); cycle 2 warms up again to restart_scale x peak."""
+    cfg = OptimConfig(lr=1.0, warmup_epochs=1, warmup_start=0.0)
+    p = nn.Parameter(torch.zeros(1))
+
+    def lrs(total: int, cycles: int) -> list[float]:
+        opt = build_optimizer(nn.ParameterList([p]), cfg)
+        sched = build_scheduler(opt, cfg, total, steps_per_epoch=10, cycles=cycles, restart_scale=0.5)
+        out = []
+        for _ in range(total):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    one, two = lrs(100, 1), lrs(200, 2)
+    assert two[:100] == pytest.approx(one)
+    assert two[100] == 0.0 and two[110] == pytest.approx(0.5) and max(two[100:]) == pytest.approx(0.5)
+    assert two[199] == pytest.approx(0.5 * one[99])
+    with pytest.raises(ValueError, match="cycles"):
+        build_scheduler(build_optimizer(nn.ParameterList([p]), cfg), cfg, 10, 10, cycles=0)
+
+
 def test_jsonl_and_csv_logs_agree_and_resume_drops_later_rows(tmp_path: Path) -> None:
     log = JsonlLogger(tmp_path)
     for s in range(1, 5):

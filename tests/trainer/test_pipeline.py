@@ -53,6 +53,8 @@ def test_set_assignments_override_the_recipe() -> None:
         override(recipe, {"prune.settle_fraction": 1.0}, source="--set")
     with pytest.raises(ConfigError, match="fewer than soft_boundaries"):
         override(recipe, {"prune.soft_steps": 10, "prune.soft_boundaries": 8}, source="--set")
+    with pytest.raises(ConfigError, match=r"\[phase3\].*steps >= cycles"):
+        override(recipe, {"phase3.steps": 1, "phase3.cycles": 2}, source="--set")
 
 
 def test_nano_b_cli_rejects_bad_set_and_until(

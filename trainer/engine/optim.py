@@ -78,9 +78,28 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: OptimConfig) 
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    cfg: OptimConfig,
+    total_steps: int,
+    steps_per_epoch: int,
+    cycles: int = 1,
+    restart_scale: float = 1.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule over ``total_steps`` optimiser steps; call ``scheduler.step()`` after each."""
+    """Per-step schedule over ``total_steps`` optimiser steps; call ``scheduler.step()`` after each.
+
+    ``cycles`` > 1 splits the steps into that many equal warm-up + decay cycles (warm restarts), the
+    peak of cycle ``k`` scaled by ``restart_scale ** k``. The first cycle is exactly a one-cycle
+    schedule of ``total_steps // cycles`` steps, so a finished one-cycle run continues as cycle 1 of a
+    longer recipe (resume from its ``last.pt``) and ends where a fresh run of that recipe would.
+    """
+    if cycles < 1 or restart_scale <= 0:
+        raise ValueError(f"cycles must be >= 1 and restart_scale > 0, got {cycles}, {restart_scale}")
+    length = max(total_steps // cycles, 1)
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    warmup = min(warmup, max(total_steps - 1, 0))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg))
+    warmup = min(warmup, max(length - 1, 0))
+
+    def factor(step: int) -> float:
+        cycle = min(step // length, cycles - 1)  # the remainder steps belong to the last cycle
+        return restart_scale**cycle * lr_factor(step - cycle * length, length, warmup, cfg)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -99,7 +99,17 @@ def phase1_distill(ctx: PhaseContext) -> Path:
     if not (ctx.resume and (out / "last.pt").is_file()):
         _recalibrate(ctx, student)
 
-    kd = train_steps(ctx, student, recipe.phase1.steps, recipe.phase1.lr_scale, out, "phase 1: distill")
+    p1 = recipe.phase1
+    kd = train_steps(
+        ctx,
+        student,
+        p1.steps,
+        p1.lr_scale,
+        out,
+        "phase 1: distill",
+        cycles=p1.cycles,
+        restart_scale=p1.restart_scale,
+    )
     metrics = evaluate_student(ctx, student)
     _write_json(out / "eval.json", metrics)
     save_student(final, student, spec=None, extra={"eval": metrics, "kd_state": kd})
@@ -239,6 +249,8 @@ def phase3_finetune(ctx: PhaseContext, phase2: Path) -> Path:
         out,
         "phase 3: fine-tune",
         kd_state=load_kd_state(phase2),
+        cycles=recipe.phase3.cycles,
+        restart_scale=recipe.phase3.restart_scale,
     )
     metrics = evaluate_student(ctx, student)
     _write_json(out / "eval.json", metrics)

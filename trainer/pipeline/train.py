@@ -53,11 +53,14 @@ def train_steps(
     extra_state: Callable[[], dict[str, Any]] | None = None,
     load_extra: Callable[[dict[str, Any]], None] | None = None,
     kd_state: Mapping[str, torch.Tensor] | None = None,
+    cycles: int = 1,
+    restart_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Train ``student`` in place for ``steps`` optimiser steps.
 
     ``kd_state`` starts the KD loss's learnable weights where the previous phase left them (instead of
     all 1, which would jolt the balance the student had settled into); returns their final state.
+    ``cycles`` / ``restart_scale``: warm restarts of the schedule (:func:`build_scheduler`).
     """
     recipe, device = ctx.recipe, ctx.device
     run = recipe.run
@@ -69,7 +72,7 @@ def train_steps(
     optim_cfg = dataclasses.replace(recipe.optim, lr=recipe.optim.lr * lr_scale)
     optimizer = build_optimizer(trainable, optim_cfg)
     per_epoch = max(len(ctx.data.train) // recipe.data.batch_size, 1)  # type: ignore[arg-type]
-    scheduler = build_scheduler(optimizer, optim_cfg, steps, per_epoch)
+    scheduler = build_scheduler(optimizer, optim_cfg, steps, per_epoch, cycles, restart_scale)
 
     start = 0
     ckpt = Checkpointer(out) if out is not None else None
