@@ -3,6 +3,7 @@ and the `featherface-train v1` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from trainer.engine.ddp import DistInfo
 from trainer.engine.fit import RunConfig, fit
 from trainer.engine.log import JsonlLogger, read_jsonl
 from trainer.engine.loop import multibox_step
-from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler
+from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler, resume_schedule
 from trainer.engine.plots import plot_losses
 from trainer.engine.v1 import V1Config, load_v1_config
 from trainer.loss import MultiBoxLoss
@@ -185,8 +186,32 @@ def test_warm_restarts_repeat_the_one_cycle_schedule_at_a_scaled_peak() -> None:
     assert two[:100] == pytest.approx(one)
     assert two[100] == 0.0 and two[110] == pytest.approx(0.5) and max(two[100:]) == pytest.approx(0.5)
     assert two[199] == pytest.approx(0.5 * one[99])
+    odd = lrs(201, 2)  # cycles of 100 steps; the last takes the remainder and decays over 101
+    assert odd[:100] == pytest.approx(two[:100]) and odd[199] > 0.5 * 0.01
+    assert odd[199] > odd[200] == pytest.approx(0.5 * 0.01, abs=5e-4)
     with pytest.raises(ValueError, match="cycles"):
         build_scheduler(build_optimizer(nn.ParameterList([p]), cfg), cfg, 10, 10, cycles=0)
+
+    # A finished one-cycle run resumed as a two-cycle one: the train loop restores the checkpoint, then
+    # resume_schedule; every later step must run at the fresh two-cycle run's rate, the first included.
+    opt = build_optimizer(nn.ParameterList([p]), cfg)
+    sched = build_scheduler(opt, cfg, 100, steps_per_epoch=10)
+    for _ in range(100):
+        opt.step()
+        sched.step()
+    saved = opt.state_dict(), sched.state_dict()
+    opt = build_optimizer(nn.ParameterList([p]), dataclasses.replace(cfg, lr=2.0))  # a changed rate counts
+    sched = build_scheduler(opt, cfg, 200, steps_per_epoch=10, cycles=2, restart_scale=0.5)
+    base = list(sched.base_lrs)
+    opt.load_state_dict(saved[0])
+    sched.load_state_dict(saved[1])
+    resume_schedule(sched, base, 100)
+    resumed = []
+    for _ in range(100):
+        resumed.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert resumed == pytest.approx([2.0 * x for x in two[100:]])
 
 
 def test_jsonl_and_csv_logs_agree_and_resume_drops_later_rows(tmp_path: Path) -> None:

@@ -83,23 +83,37 @@ def build_scheduler(
     total_steps: int,
     steps_per_epoch: int,
     cycles: int = 1,
-    restart_scale: float = 1.0,
+    restart_scale: float = 0.5,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule over ``total_steps`` optimiser steps; call ``scheduler.step()`` after each.
 
-    ``cycles`` > 1 splits the steps into that many equal warm-up + decay cycles (warm restarts), the
-    peak of cycle ``k`` scaled by ``restart_scale ** k``. The first cycle is exactly a one-cycle
-    schedule of ``total_steps // cycles`` steps, so a finished one-cycle run continues as cycle 1 of a
-    longer recipe (resume from its ``last.pt``) and ends where a fresh run of that recipe would.
+    ``cycles`` > 1 runs the steps as that many warm-up + decay cycles (warm restarts) of
+    ``total_steps // cycles`` steps (the last one takes the remainder), cycle ``k`` (counting from 0)
+    peaking at ``restart_scale ** k``. Cycle 0 is exactly the one-cycle schedule of that many steps, so
+    a finished one-cycle run can go on as the first cycle of a longer recipe (resume its ``last.pt``,
+    then :func:`resume_schedule`).
     """
-    if cycles < 1 or restart_scale <= 0:
+    if cycles < 1 or not restart_scale > 0:
         raise ValueError(f"cycles must be >= 1 and restart_scale > 0, got {cycles}, {restart_scale}")
     length = max(total_steps // cycles, 1)
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    warmup = min(warmup, max(length - 1, 0))
 
     def factor(step: int) -> float:
-        cycle = min(step // length, cycles - 1)  # the remainder steps belong to the last cycle
-        return restart_scale**cycle * lr_factor(step - cycle * length, length, warmup, cfg)
+        cycle = min(step // length, cycles - 1)
+        n = length if cycle < cycles - 1 else max(total_steps - cycle * length, 1)
+        return restart_scale**cycle * lr_factor(step - cycle * length, n, min(warmup, max(n - 1, 0)), cfg)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resume_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: list[float], step: int) -> None:
+    """After loading a checkpoint, put the live recipe's schedule back in charge from ``step``.
+
+    The loaded optimiser carries the learning rate the *old* run set for this step and the loaded
+    scheduler its old peak rates; a resume with a longer schedule (more cycles) would run one step at
+    the old rate, and a changed base rate would be ignored for the rest of the run.
+    """
+    scheduler.base_lrs = list(base_lrs)
+    for group, base, fn in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(step)

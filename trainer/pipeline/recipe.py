@@ -74,17 +74,18 @@ class PhaseConfig:
 
     steps: int = 1000
     lr_scale: float = 1.0  # multiplies optim.lr (phase 3 fine-tunes at a reduced rate)
-    # Warm restarts: the steps run as this many equal warm-up + cosine cycles, cycle k peaking at
-    # restart_scale ** k x the phase rate (a longer phase 3 can go on from a finished shorter one).
+    # Warm restarts: the steps run as this many warm-up + cosine cycles of steps // cycles (the last
+    # takes the remainder), cycle k (from 0) peaking at restart_scale ** k x the phase rate, so a longer
+    # phase 3 can go on from a finished shorter one.
     cycles: int = 1
     restart_scale: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.cycles < 1 or self.steps < self.cycles:
+        if self.steps < 0 or self.cycles < 1 or 0 < self.steps < self.cycles:
             raise ValueError(
-                f"steps and cycles must be >= 1 with steps >= cycles, got {self.steps}, {self.cycles}"
+                f"need steps >= cycles >= 1 (or steps = 0), got steps {self.steps}, cycles {self.cycles}"
             )
-        if self.restart_scale <= 0:
+        if not self.restart_scale > 0:
             raise ValueError(f"restart_scale must be > 0, got {self.restart_scale}")
 
 
