@@ -169,6 +169,8 @@ def test_killed_worker_trial_is_retried(tmp_path) -> None:
         time.sleep(0.2)
     proc.kill()
     proc.join()
+    # Re-read after the kill: the worker may have drawn more rates between the poll and the kill.
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage)
     hung = next(t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING)
     # Resumed at once, inside the grace period (2 heartbeats): the search waits for the dead trial to
     # go stale and re-runs it rather than counting it as in flight and ending one trial short.
@@ -177,7 +179,8 @@ def test_killed_worker_trial_is_retried(tmp_path) -> None:
     assert res.n_complete == 15
     assert study.trials[hung.number].state == optuna.trial.TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == hung.number]
-    assert retried and retried[0].params == hung.params
+    # The retry re-uses every rate the dead trial had drawn (it may have died before drawing all six).
+    assert retried and hung.params and hung.params.items() <= retried[0].params.items()
 
 
 def test_a_trial_that_never_heartbeats_ends_the_wait(tmp_path, monkeypatch, caplog) -> None:
