@@ -335,14 +335,11 @@ def run(
                 f"The shipped Nano-B model ({shipped.relative_to(ROOT)}) does not exist yet: peers only."
             )
             log(f"note: {notes[-1]}")
-    for p in (model, int8):
+    for p in (model, int8, *also):
         if p is not None and not p.is_file():
             raise ModelError(f"model file {p} does not exist")
     if label is None and model is not None:
         label = "Nano-B" if model.resolve() == shipped.resolve() else model.stem
-    for p in also:
-        if not p.is_file():
-            raise ModelError(f"model file {p} does not exist")
     subjects = collect(model, label or "model", int8, shared / "weights" / "peers", also)
     if not any(s.kind != "contract" for s in subjects):
         notes.append(f"No peers found under {shared / 'weights' / 'peers'}.")
