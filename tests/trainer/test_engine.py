@@ -19,12 +19,12 @@ from edge.anchors import prior_boxes
 from edge.errors import ConfigError, ModelError
 from trainer.config import from_dict, load_config, override
 from trainer.data.dataset import DataConfig, build_dataset
-from trainer.engine.checkpoint import Checkpointer, seed_everything
+from trainer.engine.checkpoint import Checkpointer, restore, seed_everything
 from trainer.engine.ddp import DistInfo
 from trainer.engine.fit import RunConfig, fit
 from trainer.engine.log import JsonlLogger, read_jsonl
 from trainer.engine.loop import multibox_step
-from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler, resume_schedule
+from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
 from trainer.engine.v1 import V1Config, load_v1_config
 from trainer.loss import MultiBoxLoss
@@ -192,20 +192,18 @@ def test_warm_restarts_repeat_the_one_cycle_schedule_at_a_scaled_peak() -> None:
     with pytest.raises(ValueError, match="cycles"):
         build_scheduler(build_optimizer(nn.ParameterList([p]), cfg), cfg, 10, 10, cycles=0)
 
-    # A finished one-cycle run resumed as a two-cycle one: the train loop restores the checkpoint, then
-    # resume_schedule; every later step must run at the fresh two-cycle run's rate, the first included.
-    opt = build_optimizer(nn.ParameterList([p]), cfg)
+    # A finished one-cycle run resumed as a two-cycle one through the checkpoint restore every trainer
+    # uses: every later step must run at the fresh two-cycle run's rate, the first included.
+    params = nn.ParameterList([p])
+    opt = build_optimizer(params, cfg)
     sched = build_scheduler(opt, cfg, 100, steps_per_epoch=10)
     for _ in range(100):
         opt.step()
         sched.step()
-    saved = opt.state_dict(), sched.state_dict()
-    opt = build_optimizer(nn.ParameterList([p]), dataclasses.replace(cfg, lr=2.0))  # a changed rate counts
-    sched = build_scheduler(opt, cfg, 200, steps_per_epoch=10, cycles=2, restart_scale=0.5)
-    base = list(sched.base_lrs)
-    opt.load_state_dict(saved[0])
-    sched.load_state_dict(saved[1])
-    resume_schedule(sched, base, 100)
+    saved = {"model": params.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    opt = build_optimizer(params, dataclasses.replace(cfg, lr=2.0))  # a changed rate counts
+    sched = build_scheduler(opt, dataclasses.replace(cfg, lr=2.0), 200, 10, cycles=2, restart_scale=0.5)
+    restore(saved, params, opt, sched, restore_rng=False)
     resumed = []
     for _ in range(100):
         resumed.append(opt.param_groups[0]["lr"])

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from edge.errors import ModelError
+from trainer.engine.optim import resume_schedule
 
 CHECKPOINT_FORMAT = "featherface-train-state/1"
 
@@ -99,12 +100,19 @@ def restore(
     scaler: Any = None,
     restore_rng: bool = True,
 ) -> None:
-    """Load every part of a checkpoint into the live objects (strict for the model)."""
+    """Load every part of a checkpoint into the live objects (strict for the model).
+
+    A per-step ``LambdaLR`` keeps the live schedule and peak rates (:func:`resume_schedule`): a run
+    resumed with a longer schedule or another rate follows the config it was resumed with.
+    """
     model.load_state_dict(state["model"], strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
+        base_lrs = list(scheduler.base_lrs)
         scheduler.load_state_dict(state["scheduler"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            resume_schedule(scheduler, base_lrs, scheduler.last_epoch)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if restore_rng and "rng" in state:

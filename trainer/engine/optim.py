@@ -90,8 +90,8 @@ def build_scheduler(
     ``cycles`` > 1 runs the steps as that many warm-up + decay cycles (warm restarts) of
     ``total_steps // cycles`` steps (the last one takes the remainder), cycle ``k`` (counting from 0)
     peaking at ``restart_scale ** k``. Cycle 0 is exactly the one-cycle schedule of that many steps, so
-    a finished one-cycle run can go on as the first cycle of a longer recipe (resume its ``last.pt``,
-    then :func:`resume_schedule`).
+    a finished one-cycle run can go on as the first cycle of a longer recipe (resume its ``last.pt``;
+    :func:`trainer.engine.checkpoint.restore` keeps the new schedule).
     """
     if cycles < 1 or not restart_scale > 0:
         raise ValueError(f"cycles must be >= 1 and restart_scale > 0, got {cycles}, {restart_scale}")

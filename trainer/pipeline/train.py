@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from trainer.engine.checkpoint import Checkpointer, restore
 from trainer.engine.log import JsonlLogger
-from trainer.engine.optim import build_optimizer, build_scheduler, resume_schedule
+from trainer.engine.optim import build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
 from trainer.pipeline.data import PipelineData, batch_stream
 from trainer.pipeline.loop import distill_step, make_losses
@@ -78,12 +78,10 @@ def train_steps(
     ckpt = Checkpointer(out) if out is not None else None
     if ckpt is not None and ctx.resume and ckpt.last.is_file():
         state = ckpt.load()
-        base_lrs = list(scheduler.base_lrs)
         restore(state, trainable, optimizer, scheduler)
         if load_extra is not None:
             load_extra(state.get("extra", {}))
         start = int(state["step"])
-        resume_schedule(scheduler, base_lrs, start)
     logger = JsonlLogger(out, resume_step=start if start else None) if out is not None else None
 
     stream = batch_stream(ctx.data.train, recipe.data.batch_size, run.seed, start, recipe.data.num_workers)
