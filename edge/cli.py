@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from edge import __version__
+from edge.console import run_app, version_option
 from edge.errors import FeatherFaceError
 
 app = typer.Typer(
@@ -18,11 +18,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name TOML tables like [mqtt]: print them, do not style them
 )
 
 
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, version_option(__version__)] = False) -> None:
     """FeatherFace edge daemon."""
 
 
@@ -215,23 +216,5 @@ def demo(
 
 
 def main() -> None:
-    """Console entry point: a FeatherFaceError becomes one line on stderr and its exit code."""
-    try:
-        # Without standalone mode click *returns* the code of a typer.Exit instead of exiting with it.
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except FeatherFaceError as exc:
-        print(f"featherface-edge: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    """Console entry point (`featherface-edge`)."""
+    run_app(app, "featherface-edge")

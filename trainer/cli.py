@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edge.errors import FeatherFaceError
+from edge import __version__
+from edge.console import run_app, version_option
 
 app = typer.Typer(
     help="FeatherFace trainer: V1 teacher, Nano-B distillation / B-FPGM pruning / fine-tuning, "
@@ -16,11 +16,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help and plain two-line usage errors
 )
 
 
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, version_option(__version__)] = False) -> None:
     """FeatherFace trainer."""
 
 
@@ -161,20 +162,5 @@ def nano_b(
 
 
 def main() -> None:
-    """Console entry point: a FeatherFaceError becomes one line on stderr and its exit code."""
-    try:
-        app(standalone_mode=False)
-    except FeatherFaceError as exc:
-        print(f"featherface-train: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    """Console entry point (`featherface-train`)."""
+    run_app(app, "featherface-train")

@@ -1,0 +1,60 @@
+"""Both programs' entry points, run as a user runs them: usage errors, --version, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edge import __version__
+
+PROGRAMS = {"featherface-edge": "edge.cli", "featherface-train": "trainer.cli"}
+
+
+def _run(prog: str, *args: str) -> subprocess.CompletedProcess[str]:
+    code = f"import sys; sys.argv[0] = {prog!r}; from {PROGRAMS[prog]} import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize("prog", sorted(PROGRAMS))
+def test_version_flag_prints_the_version(prog: str) -> None:
+    res = _run(prog, "--version")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == __version__
+
+
+@pytest.mark.parametrize(
+    ("prog", "args", "message"),
+    [
+        ("featherface-edge", ["detect"], "Missing argument"),
+        ("featherface-edge", ["detect", "x.jpg", "--threads", "abc"], "Invalid value for '--threads'"),
+        ("featherface-edge", ["no-such-command"], "No such command 'no-such-command'"),
+        ("featherface-train", ["evaluate"], "Missing argument"),
+        ("featherface-train", ["no-such-command"], "No such command 'no-such-command'"),
+    ],
+)
+def test_usage_errors_are_short_and_exit_2(prog: str, args: list[str], message: str) -> None:
+    res = _run(prog, *args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"Usage: {prog}" in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 5
+
+
+def test_featherface_error_is_one_line_with_its_exit_code(tmp_path) -> None:
+    res = _run("featherface-edge", "check-config", str(tmp_path / "missing.toml"))
+    assert res.returncode == 2
+    assert (
+        res.stderr.strip()
+        == f"featherface-edge: error: config file {tmp_path / 'missing.toml'} does not exist"
+    )
+
+
+def test_help_prints_toml_table_names_verbatim() -> None:
+    res = _run("featherface-edge", "demo", "--help")
+    assert res.returncode == 0
+    assert "[mqtt]" in res.stdout  # rich markup used to swallow it as a style tag
