@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.config import redact_url
 from edge.errors import ConfigError, SourceError
 from edge.records import Frame, FrameSource
 
@@ -86,8 +87,12 @@ class SourceConfig:
                 raise ConfigError(f"source.{key} must be > 0, got {getattr(self, key)}")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ConfigError("source.reconnect_max_s must be >= source.reconnect_min_s")
+        # A file or folder is part of the config, not a device that may come back: check it now, so
+        # check-config refuses what run would refuse, before anything is published.
+        if self.type in ("video", "images") and not Path(self.path).exists():
+            raise ConfigError(f"source.path {self.path!r} does not exist (source.type = {self.type!r})")
         if not self.name:  # for logs and status reasons: never with URL credentials in it
-            name = f"{self.type}:{_redact_url(self.path)}" if self.path else self.type
+            name = f"{self.type}:{redact_url(self.path)}" if self.path else self.type
             object.__setattr__(self, "name", name)
 
     @classmethod
@@ -293,7 +298,7 @@ class UrlSource(OpenCVSource):
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
         cap = cv2.VideoCapture(self.cfg.path, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
-            raise SourceError(f"{self.name}: cannot open stream {_redact_url(self.cfg.path)}")
+            raise SourceError(f"{self.name}: cannot open stream {redact_url(self.cfg.path)}")
         return cap
 
 
@@ -315,6 +320,8 @@ class VideoFileSource(OpenCVSource):
         if not ok and self.cfg.loop:
             cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, image = cap.read()
+            if not ok:  # looping over nothing is an outage to retry, never an end
+                raise SourceError(f"{self.name}: no frame could be read, even from the start")
         return _bgr(image) if ok and image is not None else None
 
 
@@ -336,8 +343,10 @@ class ImageFolderSource(ThreadedSource):
         files: list[Path] = state["files"]
         while True:
             if state["next"] >= len(files):
-                if not self.cfg.loop or not state["good"]:
+                if not self.cfg.loop:
                     return None
+                if not state["good"]:  # looping over nothing is an outage to retry, never an end
+                    raise SourceError(f"{self.name}: none of the {len(files)} image(s) could be read")
                 state["next"] = 0
             path = files[state["next"]]
             state["next"] += 1
@@ -451,14 +460,6 @@ SOURCE_TYPES: dict[str, type[ThreadedSource]] = {
 }
 # Where "the stream ended" means "the device went away" (reopen), not "the file is done" (stop).
 LIVE_TYPES = frozenset({"picamera2", "opencv", "url"})
-
-
-def _redact_url(url: str) -> str:
-    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``: credentials never reach the logs."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 class ReconnectingSource:
@@ -590,8 +591,6 @@ def make_source(cfg: SourceConfig | dict[str, Any]) -> ThreadedSource:
     """The bare source ``cfg.type`` names (not opened, not wrapped)."""
     if isinstance(cfg, dict):
         cfg = SourceConfig.from_dict(cfg)
-    if cfg.type in ("video", "images") and not Path(cfg.path).exists():
-        raise ConfigError(f"source.path {cfg.path!r} does not exist (source.type = {cfg.type!r})")
     return SOURCE_TYPES[cfg.type](cfg)
 
 

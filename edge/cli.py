@@ -184,13 +184,16 @@ def run(
 
 @app.command("check-config")
 def check_config(config: ConfigArg) -> None:
-    """Validate a config file (plus FEATHERFACE_* overrides); print it as JSON, secrets redacted."""
+    """Validate a config file (plus FEATHERFACE_* overrides) and its model; print it as JSON, secrets
+    (passwords, credentials in camera URLs) redacted."""
     import json
 
     from edge.config import load_config
+    from edge.model import read_model
 
     with _one_line_errors():
         cfg = load_config(config)
+        read_model(cfg.detector.model or None)  # what `run` reads first: a corrupt file fails here too
     typer.echo(json.dumps(cfg.redacted(), indent=2, default=str))
     typer.echo(f"{config}: OK", err=True)
 
@@ -212,6 +215,33 @@ def demo(
 
     with _one_line_errors():
         code = run_demo(model=model, frames=frames, out=out, config=config)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--host", help="Address to listen on; default: [http] host (127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--port", help="TCP port; default: [http] port (5000)."),
+    ] = None,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", "-c", help="TOML config: its [http] and [detector] tables."),
+    ] = None,
+) -> None:
+    """Serve DeepStack's face endpoint (POST /v1/vision/face), /healthz and the web page over HTTP."""
+    from edge.config import load_config
+    from edge.daemon import configure_logging
+    from edge.serve import serve as serve_http
+
+    with _one_line_errors():
+        cfg = load_config(config)
+        configure_logging(cfg.device.log_level)
+        code = serve_http(cfg, host, port)
     raise typer.Exit(code)
 
 

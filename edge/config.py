@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 import types
@@ -77,6 +78,31 @@ class DeviceConfig:
             )
 
 
+def check_host(host: str) -> None:
+    """``mqtt.host`` is a bare host name or address: a URL or a ``host:port`` is refused, with the fix."""
+    if not host.strip():
+        raise ConfigError("mqtt.host is empty: give the broker's host name or address")
+    if "://" in host:
+        bare = host.split("://", 1)[1].split("/", 1)[0]
+        raise ConfigError(
+            f"mqtt.host must be a host name or address, not a URL: got {host!r}; write host = "
+            f"{bare.rsplit(':', 1)[0]!r} (the port goes in mqtt.port, TLS in mqtt.tls)"
+        )
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:  # one colon: host:port (IPv6 literals have several)
+        raise ConfigError(f"mqtt.host {host!r} has a port in it; write host = {name!r} and port = {port}")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ConfigError(f"mqtt.host {host!r} is not a host name or address")
+
+
+def redact_url(url: str) -> str:
+    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``: credentials never reach logs or output."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
 @dataclass(frozen=True)
 class MqttConfig:
     """``[mqtt]``: the broker connection and what is published. Times in seconds, sizes in bytes."""
@@ -106,6 +132,8 @@ class MqttConfig:
     max_message_bytes: int = 4096
 
     def __post_init__(self) -> None:
+        if self.enabled:
+            check_host(self.host)
         if not 0 < self.port < 65536:
             raise ConfigError(f"mqtt.port must be 1..65535, got {self.port}")
         if not self.prefix or any(c in self.prefix for c in "#+") or self.prefix.startswith("/"):
@@ -171,6 +199,37 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """``[http]``: ``featherface-edge serve`` (edge/serve.py). Sizes in bytes/pixels, times in seconds.
+
+    ``token`` (or ``token_file``, or ``$CREDENTIALS_DIRECTORY/http_token``) empty = no auth; at most
+    ``workers + queue_size`` detection requests are admitted at once, the rest get 503 at once.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 5000
+    token: Secret = field(default_factory=Secret, repr=False)
+    token_file: str = ""
+    max_body_bytes: int = 10_000_000
+    max_pixels: int = 25_000_000
+    workers: int = 1
+    queue_size: int = 4
+    read_timeout_s: float = 30.0
+    web_dir: str = ""  # the built web page (make web); empty = web/dist beside the source tree
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"http.port must be 0..65535, got {self.port}")
+        for key in ("max_body_bytes", "max_pixels", "workers", "read_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"http.{key} must be > 0, got {getattr(self, key)}")
+        if self.queue_size < 0:
+            raise ConfigError(f"http.queue_size must be >= 0, got {self.queue_size}")
+        if self.token and self.token_file:
+            raise ConfigError("http.token and http.token_file are both set; keep one")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole file. ``path`` is where it came from (for messages)."""
 
@@ -182,6 +241,7 @@ class Config:
     source: Any  # edge.camera.SourceConfig
     detector: Any  # edge.detector.DetectorConfig
     tracker: Any  # edge.tracker.TrackerConfig
+    http: HttpConfig = field(default_factory=HttpConfig)
     path: str = "<defaults>"
 
     @property
@@ -195,11 +255,14 @@ class Config:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 table = {k.name: getattr(value, k.name) for k in dataclasses.fields(value)}
-                out[f.name] = {
-                    k: ("***" if isinstance(v, Secret) and v else "" if isinstance(v, Secret) else v)
-                    for k, v in table.items()
-                }
+                out[f.name] = {k: _redacted(v) for k, v in table.items()}
         return out
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return "***" if value else ""
+    return redact_url(value) if isinstance(value, str) else value
 
 
 def _perception_tables() -> dict[str, type]:
@@ -217,6 +280,7 @@ TABLES: dict[str, type] = {
     "spool": SpoolConfig,
     "homeassistant": HomeAssistantConfig,
     "daemon": DaemonConfig,
+    "http": HttpConfig,
 }
 
 
@@ -306,10 +370,17 @@ def build_table(
         kwargs[key] = coerce(value, hints[key], f"{origin}: [{name}] {key}{via}")
     try:
         return cls(**kwargs)
-    except FeatherFaceError as exc:
-        raise ConfigError(f"{origin}: [{name}] {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: [{name}] {exc}") from None
+    except (FeatherFaceError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: [{name}] {_located(str(exc), name, from_env)}") from None
+
+
+def _located(message: str, name: str, from_env: dict[str, str]) -> str:
+    """A table's own error under its ``[name]`` heading: without the repeated ``name.`` prefix, and
+    naming the environment variable when the key it complains about came from one."""
+    message = message.removeprefix(f"{name}.")
+    # A table error names its key(s) at the start, as "key" or "name.key" (both forms in one message).
+    via = [var for key, var in from_env.items() if re.search(rf"(^|[^\w.]|{name}\.){key}\b", message)]
+    return message + (f" (from {', '.join(via)})" if via else "")
 
 
 def _env_value(raw: str) -> Any:
@@ -385,11 +456,15 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
         return parse_config({}, "<defaults>", environ)
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"config file {p} cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -5,8 +5,11 @@ published), open the spool, start the publisher (never waits for the broker), op
 (never waits for the camera), then READY. SIGTERM/SIGINT only set an event the loop checks, so a
 stop always happens between frames: the tracker is flushed (``end`` events for every live track),
 the publisher drains what it can, spools the rest and publishes ``stopped``; the exit code is 0.
-The watchdog is pinged only after a frame went all the way through, so a hung camera or runtime
-stops the pings and systemd restarts the service.
+The watchdog is pinged from the loop's liveness: every turn of the loop, frame or not (a read waits
+at most ``read_timeout_s``, and the source's reader threads keep a hung camera off the loop). A camera
+outage therefore never gets the service killed; the source reconnects with back-off and the outage
+shows in ``state``/``stats`` and the systemd status line. A hung detector or runtime stops the turns,
+so the pings, and systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -133,6 +136,8 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
         self.source_status = "offline"
+        self._offline_since: float | None = time.monotonic()  # None while frames flow
+        self.source_outages = 0
         if detector is None:
             from edge.detector import detector_from_config  # loads + warms up; ModelError -> exit 2
 
@@ -219,6 +224,11 @@ class Daemon:
         self.notifier.ready(f"running {desc}")
 
     def _on_source_status(self, state: str, reason: str) -> None:
+        if state == "offline" and self._offline_since is None:
+            self._offline_since = time.monotonic()
+            self.source_outages += 1
+        elif state == "online":
+            self._offline_since = None
         self.source_status = state
         log.info("camera %s: %s (%s)", self.config.device.camera, state, reason)
         self.notifier.status(f"camera {state}: {reason}")
@@ -230,14 +240,14 @@ class Daemon:
         while not self.stop_event.is_set():
             # [source] read_timeout_s also bounds how long a stop request waits for the loop.
             frame = self.source.read(self.config.source.read_timeout_s)
+            self.notifier.watchdog()  # the loop turned: alive, whether or not the camera is
             if frame is None:
                 if self.source.ended:
                     log.info("source ended")
                     self.stop_reason = self.stop_reason or "source ended"
                     return
-                continue  # no frame, no watchdog ping: a stalled camera must show
+                continue
             self.process(frame)
-            self.notifier.watchdog()
             if max_frames and self.metrics.frames >= max_frames:
                 self.stop_reason = self.stop_reason or f"max_frames={max_frames}"
                 return
@@ -301,6 +311,11 @@ class Daemon:
                 "spool_depth": depth["spool"],
                 "spool_dropped": depth["spool_dropped"],
                 "dropped_frames": dropped,
+                "source_status": self.source_status,
+                "source_offline_s": round(time.monotonic() - self._offline_since, 1)
+                if self._offline_since is not None
+                else 0.0,
+                "source_outages": self.source_outages,
                 "cpu_temp_c": cpu_temperature_c(),
             }
         )

@@ -10,6 +10,7 @@ evenly. Boxes and landmarks come back normalised to the **original** frame (0..1
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -69,6 +70,8 @@ class DetectorConfig:
         if self.max_side < 0:
             raise ConfigError(f"detector.max_side must be >= 0, got {self.max_side}")
         object.__setattr__(self, "roi", normalise_roi(self.roi, "detector.roi"))
+        if self.model and not Path(self.model).exists():
+            raise ConfigError(f"detector.model: file {self.model} does not exist")
 
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> DetectorConfig:
@@ -97,7 +100,9 @@ def normalise_roi(roi: Sequence[Sequence[float]] | None, key: str = "roi") -> Po
     except (TypeError, ValueError, IndexError):
         raise ConfigError(f"{key} must be a list of [x, y] pairs") from None
     if len(pts) != len(roi) or len(pts) < 3:
-        raise ConfigError(f"{key} must be a list of at least 3 [x, y] pairs, got {list(roi)!r}")
+        raise ConfigError(
+            f"{key} must be a list of at least 3 [x, y] pairs, got {json.dumps(roi, default=str)}"
+        )
     if any(not (0.0 <= v <= 1.0) for p in pts for v in p):
         raise ConfigError(f"{key} points must be normalised to the frame (0..1)")
     return pts

@@ -1,8 +1,8 @@
 """systemd ``sd_notify`` over ``$NOTIFY_SOCKET`` (``Type=notify``, ``WatchdogSec=``), stdlib only.
 
-Outside systemd (no ``$NOTIFY_SOCKET``) every call is a no-op. The daemon pings the watchdog only
-after a frame went through the whole pipeline, so a hung camera or runtime gets the service
-restarted instead of being kept alive by a timer.
+Outside systemd (no ``$NOTIFY_SOCKET``) every call is a no-op. The daemon pings the watchdog on every
+turn of its frame loop (not from a timer thread, which would keep a hung loop alive), so a hung
+detector gets the service restarted while a camera outage, which the loop survives, does not.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Notifier:
         self.send(f"STATUS={text}")
 
     def watchdog(self) -> None:
-        """Ping the watchdog (call after each processed frame; sends at most every period/2)."""
+        """Ping the watchdog (call on each turn of the loop; sends at most every period/2)."""
         if not self.watchdog_period_s:
             return
         now = time.monotonic()

@@ -49,24 +49,41 @@ def test_defaults_without_a_file() -> None:
     ("text", "needle"),
     [
         ("[mqtt]\nport = 'abc'\n", "[mqtt] port: expected an integer, got 'abc'"),
-        ("[mqtt]\nport = 70000\n", "[mqtt] mqtt.port must be 1..65535"),
+        ("[mqtt]\nport = 70000\n", "[mqtt] port must be 1..65535, got 70000"),
         ("[mqtt]\nhots = 'x'\n", "[mqtt] unknown key 'hots'"),
         ("[mqt]\nhost = 'x'\n", "unknown table [mqt]"),
         ("[mqtt]\ntls = 'yes'\n", "[mqtt] tls: expected true or false"),
-        ("[detector]\nscore_threshold = 2.0\n", "[detector] detector.score_threshold must be in 0..1"),
+        ("[detector]\nscore_threshold = 2.0\n", "[detector] score_threshold must be in 0..1"),
         ("[detector]\nthreads = 1.5\n", "[detector] threads: expected an integer"),
-        ("[detector]\nroi = [[0.1, 0.1]]\n", "detector.roi must be a list of at least 3"),
+        (
+            "[detector]\nroi = [[0.1, 0.1]]\n",
+            "[detector] roi must be a list of at least 3 [x, y] pairs, got [[0.1, 0.1]]",
+        ),
         ("[detector]\nproviders = 'cuda'\n", "[detector] providers: expected a list, got 'cuda'"),
-        ("[detector]\nproviders = ['gpu']\n", "detector.providers: unknown onnxruntime provider 'gpu'"),
-        ("[source]\ntype = 'webcam'\n", "[source] source.type must be one of"),
-        ("[tracker]\nmin_hits = 0\n", "[tracker] tracker.min_hits must be >= 1"),
-        ("[spool]\nmax_events = -1\n", "spool.max_events must be >= 0"),
-        ("[device]\ncamera = 'front/door'\n", "device.camera must be a non-empty MQTT topic level"),
+        ("[detector]\nproviders = ['gpu']\n", "[detector] providers: unknown onnxruntime provider 'gpu'"),
+        ("[source]\ntype = 'webcam'\n", "[source] type must be one of"),
+        ("[tracker]\nmin_hits = 0\n", "[tracker] min_hits must be >= 1"),
+        ("[spool]\nmax_events = -1\n", "[spool] max_events must be >= 0"),
+        ("[device]\ncamera = 'front/door'\n", "[device] camera must be a non-empty MQTT topic level"),
         (
             "[mqtt]\nca_file = '/nonexistent/ca.pem'\n",
-            "mqtt.ca_file: file /nonexistent/ca.pem does not exist",
+            "[mqtt] ca_file: file /nonexistent/ca.pem does not exist",
         ),
         ("[mqtt]\nport = \n", "not valid TOML"),
+        (
+            "[mqtt]\nhost = 'mqtt://127.0.0.1:18883'\n",
+            "not a URL: got 'mqtt://127.0.0.1:18883'; write host = '127.0.0.1'",
+        ),
+        ("[mqtt]\nhost = ''\n", "[mqtt] host is empty"),
+        ("[mqtt]\nhost = 'broker.lan:1884'\n", "has a port in it; write host = 'broker.lan' and port = 1884"),
+        (
+            "[detector]\nmodel = '/nonexistent/m.onnx'\n",
+            "[detector] model: file /nonexistent/m.onnx does not exist",
+        ),
+        (
+            "[source]\ntype = 'images'\npath = '/nonexistent/frames'\n",
+            "[source] path '/nonexistent/frames' does not exist",
+        ),
     ],
 )
 def test_malformed_values_name_file_table_and_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -76,6 +93,32 @@ def test_malformed_values_name_file_table_and_key(tmp_path: Path, text: str, nee
     assert needle in str(err.value)
     assert str(path) in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_ipv6_broker_address_is_a_host(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, "[mqtt]\nhost = '::1'\n"), environ={}).mqtt.host == "::1"
+
+
+def test_non_utf8_file_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_bytes("[device]\ncamera = 'caf\u00e9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert str(err.value) == f"config file {path} is not UTF-8 text (byte 0xe9 at offset 22)"
+    assert err.value.exit_code == 2
+
+
+def test_table_error_names_the_environment_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, ""), environ={"FEATHERFACE_MQTT__PORT": "99999"})
+    assert str(err.value).endswith("[mqtt] port must be 1..65535, got 99999 (from FEATHERFACE_MQTT__PORT)")
+
+
+def test_redacted_hides_url_credentials(tmp_path: Path) -> None:
+    text = "[source]\ntype = 'url'\npath = 'rtsp://admin:secret@10.0.0.5:554/stream1'\n"
+    out = load_config(_write(tmp_path, text), environ={}).redacted()
+    assert out["source"]["path"] == "rtsp://***@10.0.0.5:554/stream1"
+    assert "secret" not in str(out)
 
 
 def test_missing_file() -> None:
@@ -145,6 +188,26 @@ def test_check_config_cli(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["check-config", str(bad)])
     assert result.exit_code == 2
     assert "[mqtt] port" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_check_config_refuses_what_run_refuses(tmp_path: Path) -> None:
+    corrupt = tmp_path / "broken.onnx"
+    corrupt.write_bytes(b"\x08\x07not a model")
+    for table in (
+        f"[detector]\nmodel = '{corrupt}'\n",
+        "[source]\ntype = 'images'\npath = '/nonexistent/frames'\n",
+        "[mqtt]\nhost = 'mqtt://broker.lan'\n",
+    ):
+        result = CliRunner().invoke(app, ["check-config", str(_write(tmp_path, table))])
+        assert result.exit_code == 2, (table, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_check_config_redacts_camera_credentials(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[source]\ntype = 'url'\npath = 'rtsp://admin:secret@10.0.0.5/s1'\n")
+    result = CliRunner().invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "secret" not in result.output and "rtsp://***@10.0.0.5/s1" in result.output
 
 
 def test_coerce_checks_list_items() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,82 @@ def test_notifier_is_a_no_op_outside_systemd() -> None:
     inherited = Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert inherited.watchdog_period_s == 0.0  # meant for another process
     inherited.close()
+
+
+class HangingCamera(SyntheticSource):
+    """Delivers 5 frames, then hangs inside the driver call; every reopen finds no device."""
+
+    opens = 0
+    release = threading.Event()
+
+    def _connect(self) -> dict[str, Any]:
+        HangingCamera.opens += 1
+        if HangingCamera.opens > 1:
+            raise OSError("no such device")
+        return super()._connect()
+
+    def _grab(self, state: dict[str, Any]) -> np.ndarray | None:
+        if state["n"] == 5:
+            HangingCamera.release.wait(60)  # a USB camera pulled mid-read: the call never returns
+        return super()._grab(state)
+
+
+def test_watchdog_is_fed_through_a_camera_outage(tiny_onnx: Path, tmp_path: Path) -> None:
+    """Issue 16: pings come from the loop, not from frames, so a long outage never trips the watchdog;
+    the outage shows in stats instead. A hung detector is a different story (the loop stops)."""
+    fast = {"stall_timeout_s": 0.4, "read_timeout_s": 0.1, "reconnect_min_s": 0.1, "reconnect_max_s": 0.2}
+    cfg = daemon_config(tmp_path, None, tiny_onnx, source=fast, mqtt={"enabled": False})
+    sock_path = tmp_path / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    notify.settimeout(0.05)
+    HangingCamera.opens = 0
+    HangingCamera.release.clear()
+    daemon = Daemon(
+        cfg,
+        source=HangingCamera(SourceConfig(type="synthetic", width=256, height=192, **fast)),
+        notifier=Notifier({"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "200000"}),
+    )
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    pings: list[float] = []
+    stats: dict[str, Any] = {}
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if notify.recv(4096) == b"WATCHDOG=1":
+                    pings.append(time.monotonic())
+            except TimeoutError:
+                pass
+            stats = daemon._stats()
+            if stats["source_offline_s"] >= 2.0:
+                break
+        outage_began = time.monotonic() - stats["source_offline_s"]
+    finally:
+        daemon.request_stop("test")
+        HangingCamera.release.set()
+        runner.join(10)
+        notify.close()
+    assert not runner.is_alive()
+    assert daemon.metrics.frames == 5 and HangingCamera.opens >= 3  # it kept trying to reopen
+    assert stats["source_status"] == "offline" and stats["source_outages"] == 1
+    late = [t for t in pings if t > outage_began + 0.5]
+    assert len(late) >= 5, f"{len(late)} watchdog pings during a 2 s outage (every 0.1 s expected)"
+
+
+def test_unreadable_looping_folder_is_an_outage_not_an_end(tiny_onnx: Path, tmp_path: Path) -> None:
+    """Issue 17: a looping folder of only unreadable images used to 'end' and exit 0 at once."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"not an image")
+    source = {"type": "images", "path": str(folder), "loop": True, "reconnect_min_s": 0.1}
+    cfg = daemon_config(tmp_path, None, tiny_onnx, source=source, mqtt={"enabled": False})
+    daemon = Daemon(cfg)
+    timer = threading.Timer(1.5, lambda: daemon.request_stop("test"))
+    timer.start()
+    assert daemon.run() == 0
+    assert daemon.stop_reason == "test"  # still running when asked to stop: it never "ended"
+    assert daemon.source_status == "offline" and daemon.source_outages == 0  # never came online
+    assert daemon.source is not None and daemon.source.attempts >= 3  # retried with back-off

@@ -94,7 +94,10 @@ def test_unit_declares_the_service_contract() -> None:
     service = {k: v[-1] for k, v in unit["Service"].items()}
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert service["WatchdogSec"] == "30s" and service["Restart"] == "on-failure"
-    assert {"StartLimitIntervalSec", "StartLimitBurst"} <= set(unit["Unit"])
+    # A long camera outage must not exhaust a start limit (issue 16): no limit, but exit 2 (config or
+    # model error) is never retried, so a broken install does not cycle.
+    assert unit["Unit"]["StartLimitIntervalSec"][-1] == "0"
+    assert service["RestartPreventExitStatus"] == "2"
     assert (service["User"], service["Group"]) == ("featherface", "featherface")
     assert set(service["SupplementaryGroups"].split()) == {"video", "render"}
     assert service["StateDirectory"] == service["ConfigurationDirectory"] == "featherface"
