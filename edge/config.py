@@ -16,7 +16,7 @@ import dataclasses
 import os
 import re
 import socket
-import tomllib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ConfigError, FeatherFaceError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Jetson's JetPack 6): the same parser, from PyPI
+    import tomli as tomllib
 
 ENV_PREFIX = "FEATHERFACE_"
 DEFAULT_STATE_DIR = "/var/lib/featherface"

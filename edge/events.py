@@ -12,7 +12,7 @@ import itertools
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from edge.records import Detection, TrackEvent
@@ -23,7 +23,7 @@ STATUS_VALUES = ("online", "offline", "stopped")
 
 def iso_time(ts: float) -> str:
     """Epoch seconds -> ISO-8601 UTC with milliseconds and a ``Z`` suffix."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _unit(value: float) -> float:
@@ -51,6 +51,19 @@ class ModelInfo:
 
     def to_json(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "sha256": self.sha256, "runtime": self.runtime}
+
+
+def end_of_track(last: dict[str, Any], start_ts: float, seq: int) -> dict[str, Any]:
+    """The ``end`` event of a track that a killed run left open, built by the next start.
+
+    ``last`` is the track's last event (``start`` or ``update``) and ``start_ts`` its ``start``
+    event's ``ts``: the track ended when it was last reported, so ``duration_s`` runs from start
+    to that report. The event keeps the killed run's ``run_id`` with the next ``seq`` of that run
+    and a fresh ``event_id``; it is ``replayed`` (delivered late by definition).
+    """
+    doc = dict(last, type="end", event_id=str(uuid.uuid4()), seq=int(seq), replayed=True)
+    doc["duration_s"] = round(max(0.0, float(last["ts"]) - start_ts), 3)
+    return doc
 
 
 class EventBuilder:
