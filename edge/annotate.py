@@ -69,12 +69,28 @@ def annotate_target(out: Path, image: Path, many: bool) -> Path:
     return out / image.name
 
 
+def expand_images(paths: list[Path]) -> list[Path]:
+    """The files ``detect`` runs on: files as given, folders as their images sorted by name."""
+    from edge.camera import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise SourceError(f"{path} is a folder with no images ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
 def detect_file(
     detector: FaceDetector, image: Path, annotate: Path | None = None, many: bool = False
 ) -> dict:
     """Detect faces in one image file; returns the JSON object ``detect`` prints for it."""
     if not image.is_file():
-        raise SourceError(f"{image} does not exist or is not a file")
+        raise SourceError(f"{image} does not exist")
     pixels = cv2.imread(str(image), cv2.IMREAD_COLOR)
     if pixels is None:
         raise SourceError(f"{image} is not a readable image (unsupported or corrupt)")

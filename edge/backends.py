@@ -1,8 +1,8 @@
 """Inference runtimes behind one Protocol: ONNX Runtime and OpenVINO.
 
-``open_backend`` picks one by name or automatically (OpenVINO when it imports and the model loads
-and runs, else ONNX Runtime) and proves the choice with a warm-up inference, so a model the runtime
-cannot execute fails at start-up, not on the first face. Both runtimes are imported lazily: a device
+``open_backend`` picks one by name or automatically (ONNX Runtime for an ``.onnx`` file,
+OpenVINO when ONNX Runtime cannot run it or the file is an IR) and proves the choice with a
+warm-up inference, so a model the runtime cannot execute fails at start-up, not on the first face. Both runtimes are imported lazily: a device
 needs only the one it uses.
 """
 
@@ -251,9 +251,12 @@ def open_backend(
 ) -> Backend:
     """Load ``model`` on the named runtime (or ``auto``) and run ``warmup`` through it once.
 
-    ``auto`` tries OpenVINO first (usually the faster CPU runtime on ARM and x86) and falls back to
-    ONNX Runtime if OpenVINO is absent or fails to load or run the model; with ONNX Runtime
-    ``providers`` configured it means ONNX Runtime. Returns a :class:`Backend`.
+    ``auto`` tries ONNX Runtime first and OpenVINO (when installed) if ONNX Runtime cannot load or
+    run the model; an IR means OpenVINO, ``providers`` mean ONNX Runtime. ONNX Runtime is the default
+    by measurement (docs/edge.md, "Runtimes"): the daemon with it peaks at about two thirds of
+    OpenVINO's memory, and OpenVINO recompiles for every new input size, which made ``detect`` on
+    photos of mixed sizes slower; OpenVINO's edge at a fixed size (~10 % lower latency) is opt-in.
+    Returns a :class:`Backend`.
     """
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -261,7 +264,7 @@ def open_backend(
     if providers:
         candidates = ["onnxruntime"]
     elif backend == "auto":
-        candidates = ["openvino", "onnxruntime"] if openvino_available() else ["onnxruntime"]
+        candidates = ["onnxruntime", "openvino"] if openvino_available() else ["onnxruntime"]
         if model.format == "openvino":
             candidates = ["openvino"]
     else:

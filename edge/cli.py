@@ -11,7 +11,9 @@ import typer
 
 from edge import __version__
 from edge.console import run_app, version_option
-from edge.errors import FeatherFaceError
+from edge.errors import ConfigError, FeatherFaceError
+
+EXAMPLE_CONFIG = Path(__file__).with_name("config.example.toml")
 
 app = typer.Typer(
     help="FeatherFace edge daemon: camera -> face detector -> tracker -> MQTT face events.",
@@ -37,7 +39,9 @@ def version() -> None:
 
 BackendOpt = Annotated[
     str,
-    typer.Option("--backend", help="auto (OpenVINO if usable, else ONNX Runtime), onnxruntime or openvino."),
+    typer.Option(
+        "--backend", help="auto (ONNX Runtime for .onnx, OpenVINO for an IR), onnxruntime or openvino."
+    ),
 ]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="Inference threads (0 = the runtime's default).")]
 ProviderOpt = Annotated[
@@ -71,7 +75,7 @@ def _one_line_errors() -> Iterator[None]:
 
 @app.command()
 def detect(
-    images: Annotated[list[Path], typer.Argument(help="Image files to run the detector on.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files, or folders of images, to run on.")],
     model: ModelOpt = None,
     annotate: Annotated[
         Optional[Path],  # noqa: UP045
@@ -89,10 +93,11 @@ def detect(
     """Detect faces in images; print one JSON object per image (pixel boxes and landmarks)."""
     import json
 
-    from edge.annotate import detect_file
+    from edge.annotate import detect_file, expand_images
     from edge.detector import load_detector
 
     with _one_line_errors():
+        images = expand_images(images)
         det = load_detector(
             model,
             backend,
@@ -176,10 +181,21 @@ def run(
     from edge.daemon import run as run_daemon
 
     with _one_line_errors():
+        if not config.exists():
+            raise ConfigError(
+                f"config file {config} does not exist; start from the annotated example: "
+                f"featherface-edge example-config > edge.toml, then run -c edge.toml"
+            )
         cfg = load_config(config)
         configure_logging(cfg.device.log_level)
         code = run_daemon(cfg)
     raise typer.Exit(code)
+
+
+@app.command("example-config")
+def example_config() -> None:
+    """Print the annotated example config (every key, its default and what it does)."""
+    typer.echo(EXAMPLE_CONFIG.read_text(encoding="utf-8"), nl=False)
 
 
 @app.command("check-config")

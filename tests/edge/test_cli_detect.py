@@ -47,6 +47,19 @@ def test_detect_prints_one_json_object_per_image(tiny_onnx: Path, tmp_path: Path
     assert (cv2.imread(str(out / images[0].name)) != cv2.imread(str(images[0]))).any()  # boxes drawn
 
 
+def test_detect_a_folder_runs_on_its_images_in_name_order(tiny_onnx: Path, tmp_path: Path) -> None:
+    images = _squares(tmp_path)
+    (tmp_path / "notes.txt").write_text("not an image")
+    args = ["detect", str(tmp_path), "--model", str(tiny_onnx), "--backend", "onnxruntime"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(p) for p in images]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["detect", str(empty), "--model", str(tiny_onnx)])
+    assert result.exit_code == 3 and "is a folder with no images" in result.output
+
+
 def test_detect_real_faces_with_annotated_file(retinaface_onnx: Path, photos: Path, tmp_path: Path) -> None:
     target = tmp_path / "faces.jpg"
     result = runner.invoke(

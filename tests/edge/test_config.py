@@ -216,3 +216,18 @@ def test_coerce_checks_list_items() -> None:
     assert coerce([1, 2.5], list[float], "k") == [1.0, 2.5]
     with pytest.raises(ConfigError, match=r"k\[1\]: expected an integer, got 'a'"):
         coerce([1, "a"], list[int], "k")
+
+
+def test_example_config_command_prints_a_valid_config(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["example-config"])
+    assert result.exit_code == 0 and "[mqtt]" in result.output
+    path = tmp_path / "edge.toml"
+    path.write_text(result.output)
+    checked = CliRunner().invoke(app, ["check-config", str(path)])
+    assert checked.exit_code == 0, checked.output
+
+
+def test_run_without_a_config_points_at_the_example(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "-c", str(tmp_path / "edge.toml")])
+    assert result.exit_code == 2
+    assert "featherface-edge example-config > edge.toml" in result.output
