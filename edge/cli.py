@@ -169,6 +169,16 @@ def bench(
 ConfigArg = Annotated[Path, typer.Argument(help="TOML config file (see edge/config.example.toml).")]
 
 
+def _quiet_native_logs() -> None:
+    """Keep OpenCV's and FFmpeg's own WARN lines (an RTSP hiccup, a codec note) out of the daemon's log:
+    the daemon reports what matters itself. OpenCV reads both variables when cv2 is imported and when
+    FFmpeg starts, so they are set before anything imports cv2; a value the user set wins."""
+    import os
+
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "16")  # AV_LOG_ERROR
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="TOML config file.")] = Path(
@@ -176,6 +186,7 @@ def run(
     ),
 ) -> None:
     """Run the daemon: camera -> detector -> tracker -> MQTT, until SIGTERM/SIGINT."""
+    _quiet_native_logs()  # before the imports below bring in cv2
     from edge.config import load_config
     from edge.daemon import configure_logging
     from edge.daemon import run as run_daemon

@@ -279,3 +279,32 @@ def test_unreadable_looping_folder_is_an_outage_not_an_end(tiny_onnx: Path, tmp_
     assert daemon.stop_reason == "test"  # still running when asked to stop: it never "ended"
     assert daemon.source_status == "offline" and daemon.source_outages == 0  # never came online
     assert daemon.source is not None and daemon.source.attempts >= 3  # retried with back-off
+
+
+def test_opencv_warnings_stay_out_of_the_daemon_log(tiny_onnx: Path, tmp_path: Path) -> None:
+    """Issue 16: OpenCV's own '[ WARN:' lines (here: a camera index that does not exist) leaked into
+    the journal beside the daemon's own, clearer report of the same outage."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f"[device]\nstate_dir = '{tmp_path / 'state'}'\n[detector]\nmodel = '{tiny_onnx}'\n"
+        "backend = 'onnxruntime'\n[mqtt]\nenabled = false\n"
+        "[source]\ntype = 'opencv'\npath = '97'\nreconnect_min_s = 0.2\nreconnect_max_s = 0.2\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from edge.cli import main; main()", "run", "-c", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "camera" in err and "offline" in err  # the daemon's own report of the outage
+    assert "[ WARN" not in err, err

@@ -212,7 +212,7 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     print(f"tiny pipeline: {time.perf_counter() - start:.1f} s")
 
 
-@pytest.mark.parametrize("arch", ["nano_b", "v1"])
+@pytest.mark.parametrize("arch", ["nano_b", "nano-b", "v1"])  # nano-b: as the other commands spell it
 def test_info_command_prints_table_totals_and_macs(arch: str) -> None:
     from typer.testing import CliRunner
 

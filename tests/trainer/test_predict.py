@@ -208,10 +208,13 @@ def test_retinaface_peer_reproduces_reference_ap_on_wider_val_dev() -> None:
 
 
 @pytest.mark.shared
-def test_cli_evaluates_onnx_peer_on_a_few_images(tmp_path: Path) -> None:
+def test_cli_evaluates_onnx_peer_on_a_few_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
     from trainer.cli import app
+
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # nothing may land in the working directory (the checkout)
 
     model = need_shared("weights/peers/retinaface_mbnet0.25.onnx")
     root = need_shared("data/wider-val-dev")
@@ -220,7 +223,10 @@ def test_cli_evaluates_onnx_peer_on_a_few_images(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--predictions", str(pred)])
     assert result.exit_code == 0, result.output
     assert "parameters 423,264" in result.output and "MACs 0.245 G at 320x320" in result.output
+    assert "img/s" not in result.output and "\r" not in result.output  # no progress bar off a terminal
     assert len(list(pred.glob("*/*.txt"))) == 3 and (pred / "pr_hard.png").is_file()
     again = CliRunner().invoke(app, ["evaluate", str(pred), "--wider-val", str(root), "--limit", "3"])
+    assert again.exit_code == 0, again.output
+    assert not (tmp_path / "cwd" / "runs").exists()  # curves went beside the predictions
     ap_lines = [ln for ln in result.output.splitlines() if " AP " in ln]
     assert ap_lines and ap_lines == [ln for ln in again.output.splitlines() if " AP " in ln]

@@ -292,7 +292,8 @@ def predict_wider(
 
     images_dir = Path(images_dir)
     preds: Predictions = {}
-    for img in tqdm(gt.images, desc=f"predict {runner.name}", unit="img", disable=not progress):
+    # disable=None: a bar on a terminal only; a log file or journal gets no carriage-return flood.
+    for img in tqdm(gt.images, desc=f"predict {runner.name}", unit="img", disable=None if progress else True):
         path = images_dir / img.relpath
         if not path.is_file():
             raise DatasetError(f"WIDER val image missing: {path}")

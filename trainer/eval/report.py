@@ -71,8 +71,8 @@ def run_evaluation(
 
     ``limit`` keeps the first K images (and only their faces count); ``events`` keeps those event
     numbers only (a held-out split). Predictions are written to
-    ``predictions`` when given; PR-curve PNGs go to ``out``, else beside the predictions, else to
-    ``runs/evaluate/<model name>``.
+    ``predictions`` when given; PR-curve PNGs go to ``out``, else beside the predictions (given, or
+    the folder evaluated), else to ``runs/evaluate/<model name>``.
     """
     from trainer.eval.plots import plot_pr_curves
     from trainer.eval.predict import load_runner, parse_scale, predict_wider
@@ -106,7 +106,9 @@ def run_evaluation(
             write_predictions(predictions, preds)
             report_kw["predictions_dir"] = Path(predictions)
     result = evaluate(preds, gt, settings=SETTINGS)
-    plot_dir = Path(out) if out else Path(predictions) if predictions else Path("runs/evaluate") / model.stem
+    # A prediction folder gets its curves beside its own files (never into the working directory).
+    beside = predictions or (model if model.is_dir() else None)
+    plot_dir = Path(out) if out else Path(beside) if beside else Path("runs/evaluate") / model.stem
     plots = plot_pr_curves(result, plot_dir, label=model.stem)
     return EvaluationReport(
         model=str(model),

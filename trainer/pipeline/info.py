@@ -18,7 +18,9 @@ V1_PARAMETERS = 592_371
 def build_for_info(
     arch: str, config: str | Path | None = None, weights: str | Path | None = None
 ) -> nn.Module:
-    """``nano_b`` (from a pipeline config's ``[model]`` table, or defaults), a Nano-B file, or ``v1``."""
+    """``nano_b`` (from a pipeline config's ``[model]`` table, or defaults), a Nano-B file, or ``v1``.
+    ``nano-b`` is the same name, as the other commands spell it."""
+    arch = arch.replace("-", "_")
     if weights is not None:
         from trainer.pipeline.loop import load_student
 
