@@ -127,7 +127,7 @@ class MqttConfig:
     key_file: str = ""
     tls_insecure: bool = False
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
+    reconnect_max_s: float = 5.0  # bounds the wait from a broker coming back to delivery
     replay_settle_s: float = 1.0
     max_inflight: int = 50
     queue_size: int = 1000
