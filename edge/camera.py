@@ -198,15 +198,21 @@ class _Reader:
         src, handle = self.source, None
         # Cameras pace themselves; files, folders and synthetic frames are paced to cfg.fps here.
         pacer = _Pacer(0.0 if type(src).live else src.cfg.fps)
+        # Recorded frames at a stated rate (a file, folder or synthetic source that is not standing in
+        # for a camera) are stamped by their place in the sequence, not by when they were decoded, so
+        # what the tracker does with them (update intervals, track ages) is the same on every run.
+        period = 1.0 / src.cfg.fps if not src.live and src.cfg.fps > 0 else 0.0
         try:
             handle = src._connect()
             self.connected.set()
+            t0, n = time.time(), 0
             while not self.stop.is_set():
                 image = src._grab(handle)
                 if image is None:
                     break
                 pacer.wait(self.stop)
-                self._put((image, time.time()))
+                self._put((image, t0 + n * period if period else time.time()))
+                n += 1
         except SourceError as exc:
             self.error = str(exc)
         except Exception as exc:  # a driver error is a lost device, reported through read()
