@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-all lint format bundle push clean
+.PHONY: demo test test-all lint format bundle push clean web
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,18 @@ bundle: $(VENV)/.dev-installed
 push: bundle
 	@test -n "$(HOSTS)" || { echo 'usage: make push HOSTS="user@host ..." [PUSH_ARGS="..."]'; exit 2; }
 	$(BIN)/python -m deploy push $(HOSTS) $(PUSH_ARGS)
+
+# The browser page (web/): onnxruntime-web from npm, pinned in web/package-lock.json, vendored with
+# the page and the shipped model into web/dist (about 40 MB, ignored), which `featherface-edge serve`
+# serves at /. config.json holds the [detector] thresholds of edge/config.example.toml for a page
+# served by anything else (serve answers it from its own config). Needs node and npm.
+web: web/dist/index.html
+
+web/dist/index.html: web/package-lock.json web/build.mjs $(wildcard web/src/*) edge/models/featherface-nano-b.onnx
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	cd web && node build.mjs
+	python3 -c 'import json, tomllib; d = tomllib.load(open("edge/config.example.toml", "rb"))["detector"]; \
+		print(json.dumps({k: d[k] for k in ("score_threshold", "nms_threshold")}))' > web/dist/config.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -19,7 +19,8 @@ body is read, and only the ``workers`` threads decode images (each at most ``max
 worker owns its own detector, so inference never shares a runtime session between threads.
 
 ``GET /healthz`` reports the model and the queue; ``GET /`` serves the built web page (``make web``,
-web/), and ``GET /model.onnx`` the very model file this server runs, which the page loads. Responses
+web/), ``GET /model.onnx`` the very model file this server runs, which the page loads, and
+``GET /config.json`` the ``[detector]`` thresholds the page applies. Responses
 carry the cross-origin isolation headers that multi-threaded WebAssembly needs.
 """
 
@@ -30,6 +31,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import mimetypes
 import os
 import queue
 import time
@@ -251,6 +253,12 @@ def create_app(pool: WorkerPool, http: HttpConfig, token: str = "", web_dir: Pat
             return error(404, f"the served model {model_path.name} is not ONNX; the page needs an ONNX model")
         return FileResponse(model_path, media_type="application/octet-stream")
 
+    async def page_config(request: Request) -> Response:
+        # The contract carries no thresholds: the page uses this edge's [detector] ones, so that it
+        # finds what the Python edge finds.
+        det = pool.detectors[0]
+        return JSONResponse({"score_threshold": det.score_threshold, "nms_threshold": det.nms_threshold})
+
     async def no_page(request: Request) -> Response:
         return HTMLResponse(
             "<!doctype html><title>FeatherFace</title><p>The web page is not built: run "
@@ -263,7 +271,10 @@ def create_app(pool: WorkerPool, http: HttpConfig, token: str = "", web_dir: Pat
         Route("/v1/vision/face", face, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/model.onnx", model_file, methods=["GET"]),
+        Route("/config.json", page_config, methods=["GET"]),
     ]
+    for suffix, kind in ((".mjs", "text/javascript"), (".wasm", "application/wasm")):
+        mimetypes.add_type(kind, suffix)  # module scripts and streaming WASM compilation need these
     if web_dir is not None and (web_dir / "index.html").is_file():
         routes.append(Mount("/", StaticFiles(directory=web_dir, html=True)))
     else:

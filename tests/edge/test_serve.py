@@ -246,6 +246,7 @@ def test_page_route_and_model_file(server: ServeProcess) -> None:
     model = httpx.get(f"{server.url}/model.onnx")
     assert model.status_code == 200
     assert model.content == (REPO / "edge/models/featherface-nano-b.onnx").read_bytes()
+    assert httpx.get(f"{server.url}/config.json").json() == {"score_threshold": 0.6, "nms_threshold": 0.4}
 
 
 def test_token(tmp_path: Path) -> None:
