@@ -2,8 +2,8 @@
 
 ``open_backend`` picks one by name or automatically (ONNX Runtime for an ``.onnx`` file,
 OpenVINO when ONNX Runtime cannot run it or the file is an IR) and proves the choice with a
-warm-up inference, so a model the runtime cannot execute fails at start-up, not on the first face. Both runtimes are imported lazily: a device
-needs only the one it uses.
+warm-up inference, so a model the runtime cannot execute fails at start-up, not on the first
+face. Both runtimes are imported lazily: a device needs only the one it uses.
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.camera import IMAGE_SUFFIXES, SourceConfig, open_source
+from edge.camera import IMAGE_SUFFIXES, SourceConfig
 from edge.detector import FaceDetector
 from edge.errors import ConfigError, SourceError
+from edge.reconnect import open_source
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,18 @@
-"""Frame sources behind one Protocol (:class:`edge.records.FrameSource`), and the reconnect wrapper.
+"""Frame sources behind one Protocol (:class:`edge.records.FrameSource`).
 
-Implementations: ``picamera2`` (Pi CSI camera), ``opencv`` (device index or ``/dev/video*``),
-``url`` (RTSP/HTTP through FFmpeg), ``video`` (a file, optionally looping), ``images`` (a folder),
-``synthetic`` (generated frames for tests and demos). ``[source] type`` picks one from
-:data:`SOURCE_TYPES`; :func:`open_source` builds, wraps and opens it.
+Here: ``opencv`` (device index or ``/dev/video*``), ``url`` (RTSP/HTTP through FFmpeg), ``video`` (a
+file, optionally looping), ``images`` (a folder), ``synthetic`` (generated frames for tests and demos);
+``picamera2`` (the Pi CSI camera) is in :mod:`edge.picamera`, and :mod:`edge.reconnect` maps
+``[source] type`` to a class, wraps it in the reconnect policy and opens it (``open_source``).
 
 Every device call (open and grab) runs on a reader thread, so a hung camera or a silent stream can
 never block the daemon: ``read(timeout_s)`` returns ``None`` when no frame arrived in time. Live
 sources keep only the newest frame (a slow detector sees the present, not a backlog); files and
-folders deliver every frame in order. :class:`ReconnectingSource` turns "unplugged", "stalled" and
-"stream ended" into close + reopen with exponential back-off, and reports online/offline changes.
+folders deliver every frame in order.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import queue
@@ -28,12 +26,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.config import redact_url
 from edge.errors import ConfigError, SourceError
-from edge.records import Frame, FrameSource
+from edge.records import Frame
+from edge.redact import redact_url
+from edge.tables import build_table
 
 log = logging.getLogger(__name__)
 
+# What [source] type may name; edge.reconnect.SOURCE_TYPES maps each to its class.
+SOURCE_TYPE_NAMES = ("picamera2", "opencv", "url", "video", "images", "synthetic")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 StatusCallback = Callable[[str, str], None]  # (state "online" | "offline", reason)
 
@@ -72,9 +73,9 @@ class SourceConfig:
     reconnect_max_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.type not in SOURCE_TYPES:
+        if self.type not in SOURCE_TYPE_NAMES:
             raise ConfigError(
-                f"source.type must be one of {', '.join(sorted(SOURCE_TYPES))}, got {self.type!r}"
+                f"source.type must be one of {', '.join(sorted(SOURCE_TYPE_NAMES))}, got {self.type!r}"
             )
         if self.width <= 0 or self.height <= 0 or self.lores_width <= 0 or self.lores_height <= 0:
             raise ConfigError("source.width/height/lores_width/lores_height must be positive")
@@ -97,10 +98,7 @@ class SourceConfig:
 
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> SourceConfig:
-        unknown = sorted(set(table) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"[source] has unknown key(s) {', '.join(unknown)}")
-        return cls(**table)
+        return build_table(cls, table, "source")
 
 
 class ThreadedSource:
@@ -400,228 +398,3 @@ def synthetic_frame(n: int, width: int, height: int, background: np.ndarray | No
     y = (height - side) // 2
     image[y : y + side, x : x + side] = 255
     return image
-
-
-class Picamera2Source(ThreadedSource):
-    """The Raspberry Pi CSI camera through picamera2 (imported on open: only Pis have it).
-
-    Configures a ``main`` stream (RGB888 at width x height; picamera2's "RGB888" is B,G,R in memory,
-    i.e. what OpenCV calls BGR) and a ``lores`` stream (YUV420, converted to BGR here). ``path`` is
-    the camera number.
-    """
-
-    def _connect(self) -> Any:
-        try:
-            from picamera2 import Picamera2
-        except ImportError:
-            raise SourceError(
-                f"{self.name}: picamera2 is not importable (on Raspberry Pi OS: apt install "
-                "python3-picamera2, and create the venv with --system-site-packages)"
-            ) from None
-        cfg = self.cfg
-        try:
-            cam = Picamera2(int(cfg.path) if cfg.path.isdigit() else 0)
-        except (IndexError, RuntimeError) as exc:
-            raise SourceError(f"{self.name}: no Pi camera {cfg.path} ({exc})") from None
-        controls = {"FrameRate": float(cfg.fps)} if cfg.fps else {}
-        config = cam.create_video_configuration(
-            main={"size": (cfg.width, cfg.height), "format": "RGB888"},
-            lores={"size": (cfg.lores_width, cfg.lores_height), "format": "YUV420"},
-            buffer_count=4,
-            controls=controls,
-        )
-        cam.configure(config)
-        cam.start()
-        return cam
-
-    def _grab(self, cam: Any) -> np.ndarray | None:
-        array = cam.capture_array(self.cfg.stream)
-        return picamera_to_bgr(array, self.cfg.lores_width, self.cfg.lores_height)
-
-    def _release(self, cam: Any) -> None:
-        try:
-            cam.stop()
-        finally:
-            cam.close()
-
-
-def picamera_to_bgr(array: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A picamera2 array as BGR: YUV420 planes (2-D, ``height * 1.5`` rows, maybe stride-padded),
-    XBGR8888/XRGB8888 (4 channels, B,G,R,X in memory) or RGB888 (already B,G,R)."""
-    if array.ndim == 2:
-        bgr = cv2.cvtColor(array, cv2.COLOR_YUV2BGR_I420)
-        return np.ascontiguousarray(bgr[:height, :width])
-    if array.shape[2] == 4:
-        return np.ascontiguousarray(array[:, :, :3])
-    return array
-
-
-SOURCE_TYPES: dict[str, type[ThreadedSource]] = {
-    "picamera2": Picamera2Source,
-    "opencv": OpenCVSource,
-    "url": UrlSource,
-    "video": VideoFileSource,
-    "images": ImageFolderSource,
-    "synthetic": SyntheticSource,
-}
-# Where "the stream ended" means "the device went away" (reopen), not "the file is done" (stop).
-LIVE_TYPES = frozenset({"picamera2", "opencv", "url"})
-
-
-class ReconnectingSource:
-    """Wraps a source: failures, stalls (no frame for ``stall_timeout_s``) and, for live sources,
-    end of stream close it and reopen after ``reconnect_min_s``, doubling up to ``reconnect_max_s``.
-
-    ``on_status(state, reason)`` is called on every change between ``online`` (frames flowing) and
-    ``offline``. ``read`` never raises for a lost device; it waits at most its timeout, except on the
-    call that reopens, which the source's ``open_timeout_s`` bounds. Frame ids keep increasing
-    across reopens.
-    """
-
-    def __init__(
-        self,
-        source: FrameSource,
-        on_status: StatusCallback | None = None,
-        reconnect_min_s: float = 1.0,
-        reconnect_max_s: float = 30.0,
-        stall_timeout_s: float = 10.0,
-        reopen_on_end: bool = True,
-    ) -> None:
-        if isinstance(source, ReconnectingSource):  # never double-wrap: the outer would see nothing
-            source = source.inner
-        self.inner: FrameSource = source
-        self.name = source.name
-        self.on_status = on_status
-        self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
-        self.stall_timeout_s = stall_timeout_s
-        self.reopen_on_end = reopen_on_end
-        self.state: str | None = None
-        self.reason = ""
-        self.attempts = 0  # open attempts so far (for stats and tests)
-        self._is_open = False
-        self._ended = False
-        self._backoff = reconnect_min_s
-        self._next_attempt = 0.0
-        self._last_frame = 0.0
-        self._frame_id = 0
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    @property
-    def dropped_frames(self) -> int:
-        return int(getattr(self.inner, "dropped_frames", 0))
-
-    def open(self) -> None:
-        """Try once now; a failure only schedules the next attempt (start-up never blocks)."""
-        if not self._is_open and not self._ended:
-            self._try_open()
-
-    def read(self, timeout_s: float) -> Frame | None:
-        deadline = time.monotonic() + timeout_s
-        if self._ended:
-            return None
-        if not self._is_open:
-            wait = self._next_attempt - time.monotonic()
-            if wait > 0:
-                time.sleep(min(wait, timeout_s))
-                if self._next_attempt > time.monotonic():
-                    return None
-            if not self._try_open():
-                return None
-        try:
-            frame = self.inner.read(max(0.01, deadline - time.monotonic()))
-        except SourceError as exc:
-            self._lost(str(exc))
-            return None
-        now = time.monotonic()
-        if frame is None:
-            if self.inner.ended:
-                if self.reopen_on_end:
-                    self._lost(f"{self.name}: stream ended")
-                else:
-                    self._ended = True
-                    self.inner.close()
-            elif now - self._last_frame > self.stall_timeout_s:
-                self._lost(f"{self.name}: no frame for {self.stall_timeout_s:g} s (stalled)")
-            return None
-        self._last_frame = now
-        self._backoff = self.reconnect_min_s  # reset only once frames flow, so flapping backs off
-        self._set_state("online", "frames flowing")
-        self._frame_id += 1
-        return dataclasses.replace(frame, frame_id=self._frame_id)
-
-    def close(self) -> None:
-        if self._is_open:
-            self.inner.close()
-        self._is_open = False
-
-    def _try_open(self) -> bool:
-        self.attempts += 1
-        try:
-            self.inner.open()
-        except SourceError as exc:
-            self._schedule_retry(str(exc))
-            return False
-        self._is_open = True
-        self._last_frame = time.monotonic()  # the stall clock starts at open
-        return True
-
-    def _lost(self, reason: str) -> None:
-        log.warning("%s", reason)
-        try:
-            self.inner.close()
-        finally:
-            self._is_open = False
-        self._schedule_retry(reason)
-
-    def _schedule_retry(self, reason: str) -> None:
-        self._next_attempt = time.monotonic() + self._backoff
-        log.info("%s: reopening in %.1f s", self.name, self._backoff)
-        self._backoff = min(self._backoff * 2, self.reconnect_max_s)
-        self._set_state("offline", reason)
-
-    def _set_state(self, state: str, reason: str) -> None:
-        if state == self.state:
-            return
-        self.state, self.reason = state, reason
-        if self.on_status is not None:
-            try:
-                self.on_status(state, reason)
-            except Exception:  # a broken callback must not take the camera down with it
-                log.exception("%s: status callback failed", self.name)
-
-
-def make_source(cfg: SourceConfig | dict[str, Any]) -> ThreadedSource:
-    """The bare source ``cfg.type`` names (not opened, not wrapped)."""
-    if isinstance(cfg, dict):
-        cfg = SourceConfig.from_dict(cfg)
-    return SOURCE_TYPES[cfg.type](cfg)
-
-
-def open_source(
-    cfg: SourceConfig | dict[str, Any],
-    on_status: StatusCallback | None = None,
-    reconnect: bool = True,
-) -> FrameSource:
-    """Build the source ``cfg`` describes and open it.
-
-    With ``reconnect`` (the daemon) it is wrapped in :class:`ReconnectingSource` and opening never
-    raises for a missing device: it retries with back-off. Without it (``bench``, tests) an open
-    failure raises :class:`SourceError`.
-    """
-    if isinstance(cfg, dict):
-        cfg = SourceConfig.from_dict(cfg)
-    source: FrameSource = make_source(cfg)
-    if reconnect:
-        source = ReconnectingSource(
-            source,
-            on_status=on_status,
-            reconnect_min_s=cfg.reconnect_min_s,
-            reconnect_max_s=cfg.reconnect_max_s,
-            stall_timeout_s=cfg.stall_timeout_s,
-            reopen_on_end=cfg.type in LIVE_TYPES,
-        )
-    source.open()
-    return source

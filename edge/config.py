@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ConfigError, FeatherFaceError
+from edge.errors import ConfigError
+from edge.redact import Secret, redact_url
+from edge.tables import build_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,32 +32,6 @@ else:  # Python 3.10 (Jetson's JetPack 6): the same parser, from PyPI
 
 ENV_PREFIX = "FEATHERFACE_"
 DEFAULT_STATE_DIR = "/var/lib/featherface"
-
-
-class Secret:
-    """A string that never prints itself; ``reveal()`` is the only way to read it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str = "") -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -98,14 +72,6 @@ def check_host(host: str) -> None:
         raise ConfigError(f"mqtt.host {host!r} has a port in it; write host = {name!r} and port = {port}")
     if any(c.isspace() for c in host) or "/" in host:
         raise ConfigError(f"mqtt.host {host!r} is not a host name or address")
-
-
-def redact_url(url: str) -> str:
-    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``: credentials never reach logs or output."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 @dataclass(frozen=True)
@@ -287,105 +253,6 @@ TABLES: dict[str, type] = {
     "daemon": DaemonConfig,
     "http": HttpConfig,
 }
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check/convert one TOML (or env) value against a dataclass field's type; ``where`` names it."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            if arg is type(None) and value is None:
-                return None
-            try:
-                return coerce(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str or hint is Path:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return hint(value)
-    if hint is Secret:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string")  # never echo a secret
-        return Secret(value)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if args and len(args) != len(value):
-            raise ConfigError(f"{where}: expected a list of {len(args)} items, got {value!r}")
-        return tuple(
-            coerce(v, a, f"{where}[{i}]")
-            for i, (v, a) in enumerate(zip(value, args or [Any] * len(value), strict=False))
-        )
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [coerce(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return value
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-    return value
-
-
-def build_table(
-    cls: type, table: dict[str, Any], name: str, origin: str, from_env: dict[str, str] | None = None
-) -> Any:
-    """One dataclass from one TOML table: unknown keys refused, values type-checked, errors located.
-
-    ``from_env`` maps keys set by environment variables to the variable's name, for the messages.
-    """
-    from_env = from_env or {}
-    if not isinstance(table, dict):
-        raise ConfigError(f"{origin}: [{name}] must be a table")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        via = f" (from {from_env[key]})" if key in from_env else ""
-        if key not in known:
-            raise ConfigError(f"{origin}: [{name}] unknown key '{key}'{via} (known: {', '.join(known)})")
-        kwargs[key] = coerce(value, hints[key], f"{origin}: [{name}] {key}{via}")
-    try:
-        return cls(**kwargs)
-    except (FeatherFaceError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: [{name}] {_located(str(exc), name, from_env)}") from None
-
-
-def _located(message: str, name: str, from_env: dict[str, str]) -> str:
-    """A table's own error under its ``[name]`` heading: without the repeated ``name.`` prefix, and
-    naming the environment variable when the key it complains about came from one."""
-    message = message.removeprefix(f"{name}.")
-    # A table error names its key(s) at the start, as "key" or "name.key" (both forms in one message).
-    via = [var for key, var in from_env.items() if re.search(rf"(^|[^\w.]|{name}\.){key}\b", message)]
-    return message + (f" (from {', '.join(via)})" if via else "")
 
 
 def _env_value(raw: str) -> Any:

@@ -192,14 +192,14 @@ class Daemon:
                 signal.signal(sig, handler)
 
     def _start(self) -> None:
-        from edge.camera import open_source
+        from edge.reconnect import open_source
 
         if self.publisher is not None:
             self.publisher.set_state(self.builder.state(0, self.source_status))
             self.publisher.set_stats_provider(self._stats)
             self.publisher.start()
         if self._injected_source is not None:  # a bare source (tests, demo): same reconnect policy
-            from edge.camera import ReconnectingSource
+            from edge.reconnect import ReconnectingSource
 
             sc = self.config.source
             self.source = ReconnectingSource(
@@ -336,6 +336,8 @@ class Daemon:
             except Exception:
                 log.exception("closing the source failed")
         if self.publisher is not None:
+            # The retained state must stay true after we are gone: no faces, camera not read.
+            self.publisher.set_state(self.builder.state(0, "offline"))
             self.publisher.stop(self.config.daemon.drain_timeout_s, final_status=status)
         self.notifier.close()
         log.info(

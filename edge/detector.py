@@ -27,6 +27,7 @@ from edge.contract import ModelMeta
 from edge.errors import ConfigError, ModelError
 from edge.model import ModelFile, read_model
 from edge.records import Detection
+from edge.tables import build_table
 
 Polygon = tuple[tuple[float, float], ...]
 
@@ -75,20 +76,7 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> DetectorConfig:
-        return _from_dict(cls, table, "detector")
-
-
-def _from_dict(cls: Any, table: dict[str, Any], name: str) -> Any:
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(
-            f"[{name}] has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    try:
-        return cls(**table)
-    except TypeError as exc:
-        raise ConfigError(f"[{name}]: {exc}") from None
+        return build_table(cls, table, "detector")
 
 
 def normalise_roi(roi: Sequence[Sequence[float]] | None, key: str = "roi") -> Polygon:

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge.errors import ConfigError
 from edge.records import Detection, TrackEvent
+from edge.tables import build_table
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,7 @@ class TrackerConfig:
 
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> TrackerConfig:
-        unknown = sorted(set(table) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"[tracker] has unknown key(s) {', '.join(unknown)}")
-        return cls(**table)
+        return build_table(cls, table, "tracker")
 
 
 @dataclass

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-from edge.config import coerce
 from edge.errors import ConfigError
+from edge.tables import coerce
 
 T = TypeVar("T")
 

@@ -15,15 +15,9 @@ import numpy as np
 import pytest
 
 from edge.bench import source_config_for
-from edge.camera import (
-    Picamera2Source,
-    ReconnectingSource,
-    SourceConfig,
-    ThreadedSource,
-    open_source,
-    picamera_to_bgr,
-    synthetic_frame,
-)
+from edge.camera import SOURCE_TYPE_NAMES, SourceConfig, ThreadedSource, synthetic_frame
+from edge.picamera import Picamera2Source, picamera_to_bgr
+from edge.reconnect import SOURCE_TYPES, ReconnectingSource, open_source
 from edge.errors import ConfigError, SourceError
 
 
@@ -249,8 +243,9 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         open_source({"type": "video", "file": "x.avi"})
     with pytest.raises(ConfigError, match=re.escape("source.type")):
         SourceConfig(type="webcam")
-    with pytest.raises(ConfigError, match=re.escape("source.path")):
+    with pytest.raises(ConfigError, match=re.escape("[source] path")):
         open_source({"type": "video", "path": str(tmp_path / "missing.avi")})
+    assert set(SOURCE_TYPES) == set(SOURCE_TYPE_NAMES)  # the names the config accepts all build
     with pytest.raises(ConfigError, match="reconnect_max_s"):
         SourceConfig(reconnect_min_s=5, reconnect_max_s=1)
 

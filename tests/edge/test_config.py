@@ -211,7 +211,7 @@ def test_check_config_redacts_camera_credentials(tmp_path: Path) -> None:
 
 
 def test_coerce_checks_list_items() -> None:
-    from edge.config import coerce
+    from edge.tables import coerce
 
     assert coerce([1, 2.5], list[float], "k") == [1.0, 2.5]
     with pytest.raises(ConfigError, match=r"k\[1\]: expected an integer, got 'a'"):
