@@ -64,4 +64,4 @@ web/dist/index.html: web/package-lock.json web/build.mjs $(wildcard web/src/*) e
 		print(json.dumps({k: d[k] for k in ("score_threshold", "nms_threshold")}))' > web/dist/config.json
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info web/dist web/node_modules
