@@ -113,8 +113,9 @@ def measure_latency(
 
 def measure_accuracy(subject: Subject, wider: Path) -> dict[str, float]:
     """Easy / medium / hard AP (percent) on the WIDER val folder ``wider`` at original size."""
+    from trainer.data.wider import load_ground_truth, locate_wider_val
     from trainer.eval.predict import read_image, to_wider
-    from trainer.eval.widerface import evaluate, load_ground_truth, locate_wider_val
+    from trainer.eval.widerface import evaluate
 
     images, gt_dir = locate_wider_val(wider)
     gt = load_ground_truth(gt_dir)

@@ -16,9 +16,9 @@ import pytest
 
 from edge.bench import source_config_for
 from edge.camera import SOURCE_TYPE_NAMES, SourceConfig, ThreadedSource, synthetic_frame
+from edge.errors import ConfigError, SourceError
 from edge.picamera import Picamera2Source, picamera_to_bgr
 from edge.reconnect import SOURCE_TYPES, ReconnectingSource, open_source
-from edge.errors import ConfigError, SourceError
 
 
 def drain(source: Any, limit: int = 500, timeout_s: float = 2.0) -> list:

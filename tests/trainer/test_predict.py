@@ -14,6 +14,7 @@ from edge.anchors import prior_boxes
 from edge.contract import METADATA_KEY, InputSpec, ModelMeta
 from edge.errors import ConfigError, ModelError
 from tests.shared_paths import need_shared
+from trainer.data.wider import load_ground_truth, locate_wider_val
 from trainer.eval.complexity import count_macs, count_parameters
 from trainer.eval.predict import (
     detect,
@@ -25,7 +26,7 @@ from trainer.eval.predict import (
     to_wider,
     torch_runner,
 )
-from trainer.eval.widerface import evaluate, load_ground_truth, locate_wider_val
+from trainer.eval.widerface import evaluate
 
 KS = (4, 2, 10)  # loc, conf, landmarks values per anchor
 

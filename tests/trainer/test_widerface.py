@@ -10,12 +10,11 @@ import pytest
 from scipy.io import savemat
 
 from edge.errors import DatasetError
+from trainer.data.wider import load_ground_truth, locate_wider_val
 from trainer.eval.widerface import (
     box_overlaps,
     evaluate,
     image_eval,
-    load_ground_truth,
-    locate_wider_val,
     normalise_scores,
     read_prediction_file,
     read_predictions,
@@ -390,7 +389,7 @@ def test_cli_missing_dataset_is_one_line_error(
 
 
 def test_only_events_keeps_a_held_out_split() -> None:
-    from trainer.eval.widerface import WiderGroundTruth, WiderImage
+    from trainer.data.wider import WiderGroundTruth, WiderImage
 
     def img(event: str, name: str) -> WiderImage:
         return WiderImage(event=event, name=name, boxes=np.zeros((0, 4)), keep={})

@@ -7,12 +7,15 @@ Layout (as distributed, and as ``../shared/data/wider-val-dev``)::
     ROOT/wider_face_split/wider_face_val_bbx_gt.txt
 
 Either ground-truth file gives the same boxes; ``.mat`` is what the evaluation uses, ``.txt`` needs no
-SciPy. The evaluator (trainer/eval) owns the easy/medium/hard protocol; here the setting files only
-restrict which faces are kept when asked (``setting="hard"`` keeps every face the hard set scores).
+SciPy. This module is the one place that reads the layout and the ``.mat`` files: training samples
+(:func:`read_wider`) and the evaluation's ground truth (:func:`load_ground_truth`, with each setting's
+keep-list) both come from here; the evaluator (trainer/eval/widerface.py) owns only the protocol.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,13 @@ import numpy as np
 from edge.errors import DatasetError
 from trainer.data.labels import NUM_LANDMARKS, FaceSample, SkipCounter, image_size, validate_boxes
 
-SETTINGS = ("easy", "medium", "hard")
+SETTINGS: tuple[str, ...] = ("easy", "medium", "hard")
+GT_FILES: dict[str, str] = {
+    "face": "wider_face_val.mat",
+    "easy": "wider_easy_val.mat",
+    "medium": "wider_medium_val.mat",
+    "hard": "wider_hard_val.mat",
+}
 
 
 def find_wider_images(root: Path, split: str = "val") -> Path:
@@ -77,32 +86,14 @@ def read_wider_mat(
     gt_dir: str | Path, images_dir: str | Path, setting: str | None = None
 ) -> list[FaceSample]:
     """Read ``wider_face_val.mat`` from ``gt_dir`` (optionally only the faces of one setting)."""
-    import scipy.io
-
-    gt_dir, images_dir = Path(gt_dir), Path(images_dir)
-    mat_path = gt_dir / "wider_face_val.mat"
-    try:
-        mat = scipy.io.loadmat(str(mat_path))
-        events, files, boxes = mat["event_list"], mat["file_list"], mat["face_bbx_list"]
-        keep_lists = None
-        if setting is not None:
-            if setting not in SETTINGS:
-                raise DatasetError(f"unknown WIDER setting {setting!r} (use one of {', '.join(SETTINGS)})")
-            keep_lists = scipy.io.loadmat(str(gt_dir / f"wider_{setting}_val.mat"))["gt_list"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise DatasetError(f"cannot read WIDER ground truth in {gt_dir}: {exc}") from exc
-    skips = SkipCounter(mat_path)
-    entries = []
-    for e in range(len(events)):
-        event = str(events[e][0][0])
-        for j in range(len(files[e][0])):
-            name = str(files[e][0][j][0][0])
-            b = np.asarray(boxes[e][0][j][0], dtype=np.float32).reshape(-1, 4)
-            if keep_lists is not None:
-                keep = np.asarray(keep_lists[e][0][j][0], dtype=np.int64).reshape(-1) - 1  # 1-based
-                b = b[keep[(keep >= 0) & (keep < len(b))]]
-            entries.append((f"{event}/{name}.jpg", b))
-    return _to_samples(entries, images_dir, skips, str(mat_path))
+    if setting is not None and setting not in SETTINGS:
+        raise DatasetError(f"unknown WIDER setting {setting!r} (use one of {', '.join(SETTINGS)})")
+    gt = read_mats(gt_dir, (setting,) if setting else ())
+    entries = [
+        (img.relpath, (img.boxes[img.keep[setting]] if setting else img.boxes).astype(np.float32))
+        for img in gt.images
+    ]
+    return _to_samples(entries, Path(images_dir), SkipCounter(Path(gt_dir) / GT_FILES["face"]), str(gt_dir))
 
 
 def read_wider(root: str | Path, split: str = "val") -> list[FaceSample]:
@@ -144,3 +135,138 @@ def _to_samples(
     if not samples:
         raise DatasetError(f"{source} yields no usable image under {images_dir}")
     return samples
+
+
+# ----------------------------------------------------------------------------- the official .mat files
+
+
+@dataclass(frozen=True)
+class WiderImage:
+    """One val image: its face boxes ``(G, 4)`` as ``x, y, w, h`` pixels and, per setting, the
+    0-based indices of the faces that setting keeps (the others are ignored)."""
+
+    event: str
+    name: str
+    boxes: np.ndarray
+    keep: Mapping[str, np.ndarray]
+
+    @property
+    def relpath(self) -> str:
+        """``<event>/<name>.jpg``, relative to ``WIDER_val/images``."""
+        return f"{self.event}/{self.name}.jpg"
+
+
+def event_number(event: str) -> int:
+    """``"3--Riot"`` -> 3."""
+    head = event.split("--", 1)[0]
+    if not head.isdigit():
+        raise DatasetError(f"WIDER event folder {event!r} does not start with '<number>--'")
+    return int(head)
+
+
+@dataclass(frozen=True)
+class WiderGroundTruth:
+    """The official val ground truth, images in ``.mat`` order (event by event)."""
+
+    images: tuple[WiderImage, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def head(self, count: int | None) -> WiderGroundTruth:
+        """The first ``count`` images (all when ``None``): evaluation then counts only their faces."""
+        return self if count is None else WiderGroundTruth(self.images[: max(count, 0)])
+
+    def only_events(self, events: Iterable[int] | None) -> WiderGroundTruth:
+        """The images of the given event numbers (``0`` = ``0--Parade``); all when ``None``.
+
+        How a held-out split is scored without the images a model was trained on."""
+        if events is None:
+            return self
+        wanted = {int(e) for e in events}
+        return WiderGroundTruth(tuple(i for i in self.images if event_number(i.event) in wanted))
+
+    def faces(self, setting: str) -> int:
+        return sum(len(img.keep[setting]) for img in self.images)
+
+
+def _mat_cells(mat: dict, key: str, path: Path) -> np.ndarray:
+    if key not in mat:
+        raise DatasetError(f"{path}: no '{key}' entry (not an official WIDER FACE evaluation .mat)")
+    return mat[key]
+
+
+def _load_mat(path: Path) -> dict:
+    from scipy.io import loadmat  # scipy is a trainer dependency; import late to keep start-up fast
+
+    if not path.is_file():
+        raise DatasetError(f"WIDER FACE ground truth file not found: {path}")
+    try:
+        return loadmat(str(path))
+    except Exception as exc:  # scipy raises ValueError, MatReadError, OSError... with long messages
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatasetError(f"cannot read WIDER FACE ground truth {path}: {reason}") from exc
+
+
+def load_ground_truth(gt_dir: str | Path) -> WiderGroundTruth:
+    """Read the four official ``.mat`` files from ``gt_dir`` (what the evaluation scores against).
+
+    Raises :class:`DatasetError` (one line) when a file is missing, unreadable or malformed.
+    """
+    return read_mats(gt_dir, SETTINGS)
+
+
+def read_mats(gt_dir: str | Path, settings: tuple[str, ...]) -> WiderGroundTruth:
+    """``wider_face_val.mat`` (every face box) and the keep-lists of ``settings`` from ``gt_dir``."""
+    gt_dir = Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise DatasetError(f"WIDER FACE ground-truth folder not found: {gt_dir}")
+    face_path = gt_dir / GT_FILES["face"]
+    face = _load_mat(face_path)
+    events = _mat_cells(face, "event_list", face_path)
+    files = _mat_cells(face, "file_list", face_path)
+    boxes = _mat_cells(face, "face_bbx_list", face_path)
+    keeps = {
+        s: _mat_cells(_load_mat(gt_dir / GT_FILES[s]), "gt_list", gt_dir / GT_FILES[s]) for s in settings
+    }
+    if not (len(events) == len(files) == len(boxes)) or any(len(k) != len(events) for k in keeps.values()):
+        raise DatasetError(f"{gt_dir}: the .mat files disagree on the number of events")
+    images: list[WiderImage] = []
+    try:
+        for i in range(len(events)):
+            event = str(events[i][0][0])
+            names = files[i][0]
+            for j in range(len(names)):
+                face_boxes = np.asarray(boxes[i][0][j][0], dtype=np.float64).reshape(-1, 4)
+                keep = {
+                    # 1-based indices in the files; uint8 there, so widen before subtracting
+                    s: np.asarray(keeps[s][i][0][j][0], dtype=np.int64).reshape(-1) - 1
+                    for s in settings
+                }
+                for s, k in keep.items():
+                    if k.size and (k.min() < 0 or k.max() >= len(face_boxes)):
+                        raise DatasetError(
+                            f"{gt_dir}: {GT_FILES[s]} keeps a face index out of range for "
+                            f"{event}/{names[j][0][0]}"
+                        )
+                images.append(WiderImage(event, str(names[j][0][0]), face_boxes, keep))
+    except (IndexError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{gt_dir}: malformed WIDER FACE ground truth ({exc})") from exc
+    return WiderGroundTruth(tuple(images))
+
+
+def locate_wider_val(root: str | Path) -> tuple[Path, Path]:
+    """``root`` -> (``root/WIDER_val/images``, ``root/ground_truth``), checked to exist."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"WIDER FACE val folder not found: {root}")
+    images, gt = root / "WIDER_val" / "images", root / "ground_truth"
+    for p in (images, gt):
+        if not p.is_dir():
+            raise DatasetError(
+                f"{root}: expected WIDER_val/images/<event>/<name>.jpg and ground_truth/*.mat, missing {p}"
+            )
+    return images, gt
+
+
+# ----------------------------------------------------------------------------- prediction files

@@ -10,15 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import DatasetError
-from trainer.eval.widerface import (
-    SETTINGS,
-    WiderResult,
-    evaluate,
-    load_ground_truth,
-    locate_wider_val,
-    read_predictions,
-    write_predictions,
-)
+from trainer.data.wider import SETTINGS, load_ground_truth, locate_wider_val
+from trainer.eval.widerface import WiderResult, evaluate, read_predictions, write_predictions
 
 # Without --scale N (which states its own size) MACs are quoted at this common input size.
 DEFAULT_MACS_SIZE = (640, 640)

@@ -28,67 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import DatasetError
+from trainer.data.wider import SETTINGS, WiderGroundTruth, WiderImage
 
-SETTINGS: tuple[str, ...] = ("easy", "medium", "hard")
-GT_FILES: dict[str, str] = {
-    "face": "wider_face_val.mat",
-    "easy": "wider_easy_val.mat",
-    "medium": "wider_medium_val.mat",
-    "hard": "wider_hard_val.mat",
-}
 THRESH_NUM = 1000
 
 Predictions = dict[tuple[str, str], np.ndarray]
-
-
-@dataclass(frozen=True)
-class WiderImage:
-    """One val image: its face boxes ``(G, 4)`` as ``x, y, w, h`` pixels and, per setting, the
-    0-based indices of the faces that setting keeps (the others are ignored)."""
-
-    event: str
-    name: str
-    boxes: np.ndarray
-    keep: Mapping[str, np.ndarray]
-
-    @property
-    def relpath(self) -> str:
-        """``<event>/<name>.jpg``, relative to ``WIDER_val/images``."""
-        return f"{self.event}/{self.name}.jpg"
-
-
-def event_number(event: str) -> int:
-    """``"3--Riot"`` -> 3."""
-    head = event.split("--", 1)[0]
-    if not head.isdigit():
-        raise DatasetError(f"WIDER event folder {event!r} does not start with '<number>--'")
-    return int(head)
-
-
-@dataclass(frozen=True)
-class WiderGroundTruth:
-    """The official val ground truth, images in ``.mat`` order (event by event)."""
-
-    images: tuple[WiderImage, ...]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def head(self, count: int | None) -> WiderGroundTruth:
-        """The first ``count`` images (all when ``None``): evaluation then counts only their faces."""
-        return self if count is None else WiderGroundTruth(self.images[: max(count, 0)])
-
-    def only_events(self, events: Iterable[int] | None) -> WiderGroundTruth:
-        """The images of the given event numbers (``0`` = ``0--Parade``); all when ``None``.
-
-        How a held-out split is scored without the images a model was trained on."""
-        if events is None:
-            return self
-        wanted = {int(e) for e in events}
-        return WiderGroundTruth(tuple(i for i in self.images if event_number(i.event) in wanted))
-
-    def faces(self, setting: str) -> int:
-        return sum(len(img.keep[setting]) for img in self.images)
 
 
 @dataclass(frozen=True)
@@ -120,64 +64,6 @@ class WiderResult:
 # ----------------------------------------------------------------------------- ground truth
 
 
-def _mat_cells(mat: dict, key: str, path: Path) -> np.ndarray:
-    if key not in mat:
-        raise DatasetError(f"{path}: no '{key}' entry (not an official WIDER FACE evaluation .mat)")
-    return mat[key]
-
-
-def _load_mat(path: Path) -> dict:
-    from scipy.io import loadmat  # scipy is a trainer dependency; import late to keep start-up fast
-
-    if not path.is_file():
-        raise DatasetError(f"WIDER FACE ground truth file not found: {path}")
-    try:
-        return loadmat(str(path))
-    except Exception as exc:  # scipy raises ValueError, MatReadError, OSError... with long messages
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DatasetError(f"cannot read WIDER FACE ground truth {path}: {reason}") from exc
-
-
-def load_ground_truth(gt_dir: str | Path) -> WiderGroundTruth:
-    """Read the four official ``.mat`` files from ``gt_dir``.
-
-    Raises :class:`DatasetError` (one line) when a file is missing, unreadable or malformed.
-    """
-    gt_dir = Path(gt_dir)
-    if not gt_dir.is_dir():
-        raise DatasetError(f"WIDER FACE ground-truth folder not found: {gt_dir}")
-    mats = {k: _load_mat(gt_dir / f) for k, f in GT_FILES.items()}
-    face_path = gt_dir / GT_FILES["face"]
-    events = _mat_cells(mats["face"], "event_list", face_path)
-    files = _mat_cells(mats["face"], "file_list", face_path)
-    boxes = _mat_cells(mats["face"], "face_bbx_list", face_path)
-    keeps = {s: _mat_cells(mats[s], "gt_list", gt_dir / GT_FILES[s]) for s in SETTINGS}
-    if not (len(events) == len(files) == len(boxes)) or any(len(k) != len(events) for k in keeps.values()):
-        raise DatasetError(f"{gt_dir}: the .mat files disagree on the number of events")
-    images: list[WiderImage] = []
-    try:
-        for i in range(len(events)):
-            event = str(events[i][0][0])
-            names = files[i][0]
-            for j in range(len(names)):
-                face_boxes = np.asarray(boxes[i][0][j][0], dtype=np.float64).reshape(-1, 4)
-                keep = {
-                    # 1-based indices in the files; uint8 there, so widen before subtracting
-                    s: np.asarray(keeps[s][i][0][j][0], dtype=np.int64).reshape(-1) - 1
-                    for s in SETTINGS
-                }
-                for s, k in keep.items():
-                    if k.size and (k.min() < 0 or k.max() >= len(face_boxes)):
-                        raise DatasetError(
-                            f"{gt_dir}: {GT_FILES[s]} keeps a face index out of range for "
-                            f"{event}/{names[j][0][0]}"
-                        )
-                images.append(WiderImage(event, str(names[j][0][0]), face_boxes, keep))
-    except (IndexError, TypeError, ValueError) as exc:
-        raise DatasetError(f"{gt_dir}: malformed WIDER FACE ground truth ({exc})") from exc
-    return WiderGroundTruth(tuple(images))
-
-
 # Face heights (pixels) from which each setting keeps a face, for ground truth that has no official
 # setting files (a validation split of training images). Read off the official lists of the 200
 # wider-val-eval images: easy keeps 94 % of faces 50-64 px high and none below 50, medium 94 % of
@@ -198,23 +84,6 @@ def ground_truth_from_boxes(
         keep = {s: np.flatnonzero(xywh[:, 3] >= min_height[s]) for s in SETTINGS}
         out.append(WiderImage(event, name, xywh, keep))
     return WiderGroundTruth(tuple(out))
-
-
-def locate_wider_val(root: str | Path) -> tuple[Path, Path]:
-    """``root`` -> (``root/WIDER_val/images``, ``root/ground_truth``), checked to exist."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"WIDER FACE val folder not found: {root}")
-    images, gt = root / "WIDER_val" / "images", root / "ground_truth"
-    for p in (images, gt):
-        if not p.is_dir():
-            raise DatasetError(
-                f"{root}: expected WIDER_val/images/<event>/<name>.jpg and ground_truth/*.mat, missing {p}"
-            )
-    return images, gt
-
-
-# ----------------------------------------------------------------------------- prediction files
 
 
 def write_predictions(out_dir: str | Path, predictions: Mapping[tuple[str, str], np.ndarray]) -> None:

@@ -28,14 +28,14 @@ from edge.errors import DatasetError
 from trainer.data.augment import EvalTransform, TrainTransform
 from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset, endless_batches
 from trainer.data.labels import FaceSample, read_label_txt
-from trainer.data.wider import read_wider
-from trainer.eval.widerface import (
+from trainer.data.wider import (
     WiderGroundTruth,
     event_number,
-    ground_truth_from_boxes,
     load_ground_truth,
     locate_wider_val,
+    read_wider,
 )
+from trainer.eval.widerface import ground_truth_from_boxes
 from trainer.pipeline.recipe import NanoBRecipe
 
 
