@@ -20,7 +20,6 @@ import hashlib
 from collections.abc import Generator, Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -28,6 +27,7 @@ from edge.errors import DatasetError
 from trainer.data.augment import EvalTransform, TrainTransform
 from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset, endless_batches
 from trainer.data.labels import FaceSample, read_label_txt
+from trainer.data.pseudo import Detect, list_images, runner_detect
 from trainer.data.wider import (
     WiderGroundTruth,
     event_number,
@@ -100,8 +100,6 @@ def guard_against_leakage(
     """Refuse a run whose other sources (label file, pseudo-label or background folders) contain a
     held-out image — by path or by content, since copies are the usual way it happens.
     ``label_samples``: the label file as already read (else it is read from ``cfg.label_file``)."""
-    from trainer.data.pseudo import list_images
-
     held = {_digest(Path(s.image)): Path(s.image) for s in val if s.image is not None}
     if not held:
         return
@@ -152,8 +150,6 @@ def guard_against_eval_sets(train: Iterable[Path], eval_sets: Iterable[str]) -> 
 
 def _training_images(train_wider: list[FaceSample], cfg: object) -> list[Path]:
     """Every image file a run trains on: the WIDER / label-file train split and the photo folders."""
-    from trainer.data.pseudo import list_images
-
     paths = [Path(s.image) for s in train_wider if s.image is not None]
     for key in ("pseudo_images", "background_photos"):
         if getattr(cfg, key, ""):
@@ -161,17 +157,11 @@ def _training_images(train_wider: list[FaceSample], cfg: object) -> list[Path]:
     return paths
 
 
-def teacher_detector(teacher: torch.nn.Module, scale: int = 640):
+def teacher_detector(teacher: torch.nn.Module, scale: int = 640) -> Detect:
     """The teacher as a pseudo-labelling ``detect(image) -> (boxes_px, scores, landmarks_px)``."""
-    from trainer.eval.predict import detect, torch_runner
+    from trainer.eval.predict import torch_runner
 
-    runner = torch_runner(teacher, "teacher")
-
-    def run(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        dets = detect(runner, image, scale)
-        return dets[:, :4], dets[:, 4], dets[:, 5:15] if dets.shape[1] >= 15 else None
-
-    return run
+    return runner_detect(torch_runner(teacher, "teacher"), scale)
 
 
 @dataclasses.dataclass
