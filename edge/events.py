@@ -58,10 +58,13 @@ def end_of_track(last: dict[str, Any], start_ts: float, seq: int) -> dict[str, A
 
     ``last`` is the track's last event (``start`` or ``update``) and ``start_ts`` its ``start``
     event's ``ts``: the track ended when it was last reported, so ``duration_s`` runs from start
-    to that report. The event keeps the killed run's ``run_id`` with the next ``seq`` of that run
-    and a fresh ``event_id``; it is ``replayed`` (delivered late by definition).
+    to that report. The event keeps the killed run's ``run_id`` with the next ``seq`` of that run;
+    its ``event_id`` is derived from run and track, so a recovery that is itself interrupted and
+    repeated builds the same event (consumers deduplicate it). It is ``replayed`` (late by definition).
     """
-    doc = dict(last, type="end", event_id=str(uuid.uuid4()), seq=int(seq), replayed=True)
+    track = int(last["faces"][0]["track_id"])
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"featherface:{last['run_id']}:{track}:end"))
+    doc = dict(last, type="end", event_id=event_id, seq=int(seq), replayed=True)
     doc["duration_s"] = round(max(0.0, float(last["ts"]) - start_ts), 3)
     return doc
 

@@ -2,8 +2,9 @@
 
 Two entities per camera: a sensor with the number of faces tracked now and a binary sensor
 "face present", both reading the retained ``state`` topic and marked unavailable through the
-device's ``status`` topic. Home Assistant announces its own restarts on
-``<discovery_prefix>/status``; the publisher re-sends discovery when that says ``online``.
+device's ``status`` topic: anything but ``online`` (``offline``, ``stopped``) means unavailable.
+Home Assistant announces its own restarts on ``<discovery_prefix>/status``; the publisher re-sends
+discovery when that says ``online``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 from edge import __version__
 
 log = logging.getLogger(__name__)
+
+AVAILABILITY_TEMPLATE = "{{ 'online' if value == 'online' else 'offline' }}"
 
 
 def discovery_messages(
@@ -31,6 +34,9 @@ def discovery_messages(
     common = {
         "state_topic": f"{base}/{camera}/state",
         "availability_topic": f"{base}/status",
+        # The status is online, offline (Last Will) or stopped (clean exit); HA compares the
+        # template's result with the two payloads, so a stopped device is unavailable too.
+        "availability_template": AVAILABILITY_TEMPLATE,
         "payload_available": "online",
         "payload_not_available": "offline",
         "device": device,

@@ -1,9 +1,11 @@
 """The MQTT publisher (paho-mqtt >= 2, ``CallbackAPIVersion.VERSION2``): never blocks the frame loop.
 
-Threads: the frame loop only puts messages on a bounded in-memory queue. One worker thread owns
-the delivery state (in-flight QoS 1 messages and the on-disk :class:`edge.spool.Spool`); paho's
-network thread only flips connection flags, so no lock is ever held across a paho call (paho
-calls ``on_publish`` under its own mutex, which would deadlock against ours).
+Threads: the frame loop writes each event ahead to the :class:`edge.journal.Journal` (one
+``write()``, no fsync: it survives the process's death) and puts it on a bounded in-memory queue.
+One worker thread owns the delivery state (in-flight QoS 1 messages, the on-disk
+:class:`edge.spool.Spool`, the journal's group fsync); paho's network thread only flips connection
+flags, so no lock is ever held across a paho call (paho calls ``on_publish`` under its own mutex,
+which would deadlock against ours).
 
 Delivery rule, which keeps events in order and loses none within the spool's caps:
 - connected, spool empty, in-flight window not full: publish directly (``replayed: false``);
@@ -16,19 +18,31 @@ Delivery rule, which keeps events in order and loses none within the spool's cap
 - spool records are published oldest first once connected (after ``replay_settle_s``, which lets
   clean-session consumers resubscribe after a broker restart) and removed on PUBACK.
 An acknowledgement is read from paho's ``MQTTMessageInfo.is_published()``; a message in flight
-when the connection drops counts as undelivered. Delivery is therefore at-least-once: consumers
-deduplicate on ``event_id``.
+when the connection drops counts as undelivered. An event leaves the journal (is *settled*) once
+acknowledged or fsync'd into the spool; the next start re-delivers what a killed run left there.
+Delivery is therefore at-least-once in every phase: consumers deduplicate on ``event_id``.
 
 Status: Last Will ``offline`` (retained); on every CONNACK that succeeds, the retained state,
 Home Assistant discovery, then ``online``; ``stopped`` on a clean exit.
+
+Reconnects: each wait is drawn from [1/2, 1] x ``reconnect_min_s`` x 2^attempt, capped at
+``reconnect_max_s`` (jitter: devices that lost one broker do not all come back in the same
+second), so a broker that returns is tried again within ``reconnect_max_s``. Why a connection
+failed is logged in plain words (refused, DNS, time-out, TLS, authentication), once per cause and
+then as one summary line a minute, instead of paho's "Client is not connected".
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import queue
+import random
+import socket
+import ssl
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -40,9 +54,48 @@ import paho.mqtt.client as paho
 
 from edge import ha
 from edge.config import HomeAssistantConfig, MqttConfig
+from edge.journal import Journal
 from edge.spool import Spool
+from edge.tally import Tally
 
 log = logging.getLogger(__name__)
+
+
+class _NotConnectedFilter(logging.Filter):
+    """paho logs "Client is not connected ..." at ERROR after every failed attempt; the publisher
+    says why the connection failed instead (:func:`explain_connect_error`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_PAHO_LOG = logging.getLogger("edge.mqtt.paho")
+_PAHO_LOG.addFilter(_NotConnectedFilter())
+
+
+def explain_connect_error(exc: BaseException | None, host: str, port: int) -> str:
+    """Why a TCP/TLS connection to the broker failed, in words an operator can act on."""
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the broker host {host!r} ({exc.strerror or exc}): check [mqtt] host and DNS"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused to {where}: no broker listens there (check [mqtt] host and port)"
+    if isinstance(exc, TimeoutError):
+        return f"connection to {where} timed out: the host is down or a firewall drops the packets"
+    if isinstance(exc, ssl.SSLError):
+        detail = getattr(exc, "verify_message", None) or exc.reason or exc
+        return f"TLS handshake with {where} failed ({detail}): check [mqtt] tls, ca_file, cert_file"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"{where} is unreachable ({exc.strerror}): check the network and [mqtt] host"
+    return f"cannot connect to {where}: {exc or 'unknown error'}"
+
+
+def explain_refusal(reason: Any, host: str, port: int) -> str:
+    """Why the broker refused the CONNECT (a CONNACK reason code), in plain words."""
+    # MQTT 5 codes 134/135; paho maps MQTT 3.1.1's 4 and 5 onto them.
+    if getattr(reason, "value", None) in (134, 135):
+        return f"authentication failed at {host}:{port} ({reason}): check [mqtt] username and password"
+    return f"the broker at {host}:{port} refused the connection: {reason}"
 
 
 @dataclass
@@ -53,7 +106,13 @@ class _Pending:
     generation: int
     record: dict[str, Any]
     spool_key: int | None = None
+    seg: int | None = None  # journal segment of a direct publish, settled on PUBACK or spooling
     sent_at: float = field(default_factory=time.monotonic)
+
+
+def _spool_record(topic: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A spool record for an event: delivered late, so ``replayed``."""
+    return {"topic": topic, "qos": 1, "retain": False, "payload": dict(payload, replayed=True)}
 
 
 class MqttPublisher:
@@ -90,6 +149,9 @@ class MqttPublisher:
         self._next_stats = 0.0
         self._drain_deadline = 0.0
         self._worker: threading.Thread | None = None
+        self._attempt = 0  # failed connection attempts in a row (the back-off's exponent)
+        self.journal = Journal(spool.directory)
+        self.connect_failures = Tally(log, "mqtt: cannot connect")
         self.counters = {
             "published": 0,
             "spooled": 0,
@@ -107,9 +169,6 @@ class MqttPublisher:
         client.enable_logger(logging.getLogger("edge.mqtt.paho"))
         client.max_inflight_messages_set(cfg.max_inflight)
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        client.reconnect_delay_set(
-            min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=max(1, round(cfg.reconnect_max_s))
-        )
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password.reveal() or None)
         if cfg.tls:
@@ -118,16 +177,15 @@ class MqttPublisher:
             )
             client.tls_insecure_set(cfg.tls_insecure)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
 
     def start(self) -> MqttPublisher:
-        """Start connecting in the background and return at once (the broker may be down)."""
-        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
-        self.client.loop_start()
-        self._worker = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
-        self._worker.start()
+        """Recover what a killed run left in the journal, then start connecting in the background
+        and return at once (the broker may be down)."""
+        self._recover()
         log.info(
             "mqtt: connecting to %s:%d as %s (tls=%s)",
             self.cfg.host,
@@ -135,6 +193,10 @@ class MqttPublisher:
             self.device_id,
             self.cfg.tls,
         )
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
+        self._worker = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+        self._worker.start()
         return self
 
     # ---- API for the frame loop (never blocks) ------------------------------------------------
@@ -143,8 +205,13 @@ class MqttPublisher:
         return self._connected.is_set()
 
     def publish_event(self, doc: dict[str, Any]) -> bool:
-        """Queue an event for QoS 1 delivery; False when the in-memory queue is full (counted)."""
-        return self._put("event", doc)
+        """Write the event ahead to the journal and queue it for QoS 1 delivery; False when the
+        in-memory queue is full (counted, not journaled). The frame loop is the only producer, so
+        a queue that is not full now still has room after the journal write."""
+        if self._queue.full():
+            return self._queue_full()
+        seg = self.journal.append(doc)
+        return self._put("event", (doc, seg))
 
     def publish_snapshot(self, jpeg: bytes) -> bool:
         """Queue a JPEG crop (QoS 0, dropped while offline or above ``snapshot_max_bytes``)."""
@@ -162,6 +229,10 @@ class MqttPublisher:
         """``provider()`` returns a full stats payload; called by the worker every ``stats_interval_s``."""
         self._stats_provider = provider
 
+    def drops(self) -> dict[str, int]:
+        """Events dropped since start, by reason: the memory queue full, then the spool's reasons."""
+        return {"queue_full": self.counters["dropped_queue"], **self.spool.dropped}
+
     def depth(self) -> dict[str, int]:
         """Messages waiting: in memory, in flight, on disk, and dropped by the spool's caps."""
         return {
@@ -176,16 +247,42 @@ class MqttPublisher:
             self._queue.put_nowait((kind, item))
             return True
         except queue.Full:
-            self.counters["dropped_queue"] += 1
-            if self.counters["dropped_queue"] in (1, 10, 100) or self.counters["dropped_queue"] % 1000 == 0:
-                log.warning("mqtt: publish queue full, %d message(s) dropped", self.counters["dropped_queue"])
-            return False
+            return self._queue_full()
+
+    def _queue_full(self) -> bool:
+        self.counters["dropped_queue"] += 1
+        if self.counters["dropped_queue"] in (1, 10, 100) or self.counters["dropped_queue"] % 1000 == 0:
+            log.warning("mqtt: publish queue full, %d message(s) dropped", self.counters["dropped_queue"])
+        return False
+
+    def _recover(self) -> None:
+        """Queue what a killed run left in the journal behind the spool's own (older) records, with
+        an ``end`` event for each track it left open; then start a fresh journal."""
+        found = self.journal.recover()
+        docs = found.events + found.ends
+        if docs:
+            have = self.spool.recent_event_ids(len(docs))  # spooled before the kill, or by a cut recovery
+            new = [doc for doc in docs if doc.get("event_id") not in have]
+            for doc in new:
+                self.spool.append(_spool_record(self.event_topic, doc), sync=False)
+            self.spool.sync()
+            log.warning(
+                "journal: the previous run stopped without delivering %d event(s); queued for delivery "
+                "(%d of them end the tracks it left open)",
+                len(new),
+                len(found.ends),
+            )
+        self.journal.start()
 
     # ---- paho callbacks (network thread: flags and small publishes only) ----------------------
     def _on_connect(self, client: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.error("mqtt: broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason)
-            return
+            self.connect_failures.note(explain_refusal(reason, self.cfg.host, self.cfg.port))
+            return  # paho disconnects; _on_disconnect schedules the next attempt
+        if self._attempt:
+            self.connect_failures.reset()
+            log.info("mqtt: connected after %d failed attempt(s)", self._attempt)
+        self._attempt = 0
         with self._state_lock:
             state, self._state_dirty = self._state, False
         if state is not None:
@@ -204,9 +301,25 @@ class MqttPublisher:
             len(self.spool),
         )
 
+    def _on_connect_fail(self, _c: paho.Client, _ud: Any) -> None:
+        # paho calls this inside its `except OSError`, so the exception is still the current one.
+        exc = sys.exc_info()[1]
+        self.connect_failures.note(explain_connect_error(exc, self.cfg.host, self.cfg.port))
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        """Set paho's next wait, [1/2, 1] x min x 2^attempt capped at ``reconnect_max_s``; paho
+        calls exactly one of on_connect_fail / on_disconnect before each wait."""
+        base = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** min(self._attempt, 30))
+        self._attempt += 1
+        delay = base * random.uniform(0.5, 1.0)
+        # paho stores the delay as given and sleeps on it, so fractions of a second work.
+        self.client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
+
     def _on_disconnect(self, _c: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._schedule_reconnect()
         if was and not self._stop.is_set():
             log.warning(
                 "mqtt: disconnected from %s:%d (%s); spooling until it is back",
@@ -244,12 +357,16 @@ class MqttPublisher:
                 time.sleep(0.5)
         try:
             self._spool_unacked()
+            self.journal.close()
+            self.spool.drops.flush(force=True)
         except Exception:
             log.exception("mqtt: could not spool the unacknowledged messages at exit")
 
     def _step(self) -> bool:
         """One round of the worker: acks, side channels, replay, one queued message. True = finished."""
         self._sweep()
+        self.journal.maintain()
+        self.spool.drops.flush()
         connected = self.connected
         if connected:
             self._publish_side_channels()
@@ -309,31 +426,33 @@ class MqttPublisher:
                     self.counters["replayed"] += 1
                 else:
                     self.counters["published"] += 1
+                    self.journal.settle(p.seg)
             elif p.generation != self._generation or not self.connected:
                 del self._pending[mid]
-                if p.spool_key is None:
-                    self._to_spool(p.record)
+                self._spool_pending(p)
 
     def _spool_unacked(self) -> None:
         # Also used on stop: what the broker has not acknowledged survives on disk for the next run.
         self._sweep()
         for mid, p in list(self._pending.items()):
-            if p.spool_key is None:
-                p.spool_key = self._to_spool(p.record)
+            self._spool_pending(p)
             del self._pending[mid]
 
+    def _spool_pending(self, p: _Pending) -> None:
+        """Spool an unacknowledged direct publish (once); on disk it no longer needs the journal."""
+        if p.spool_key is None:
+            p.spool_key = self._to_spool(p.record)
+            self.journal.settle(p.seg)
+
     def _to_spool(self, record: dict[str, Any]) -> int:
-        payload = dict(record["payload"], replayed=True)
-        try:
-            key = self.spool.append({"topic": record["topic"], "qos": 1, "retain": False, "payload": payload})
-        except OSError as exc:  # disk full or gone: count it as dropped, keep the daemon alive
-            self.spool.dropped["bytes"] += 1
-            log.error("mqtt: cannot write to the spool %s (%s); event dropped", self.spool.directory, exc)
-            return -1
-        self.counters["spooled"] += 1
+        """Append to the spool (fsync'd); -1 when the spool dropped it (counted and logged there)."""
+        key = self.spool.append(_spool_record(record["topic"], record["payload"]))
+        if key >= 0:
+            self.counters["spooled"] += 1
         return key
 
-    def _handle_event(self, doc: dict[str, Any]) -> None:
+    def _handle_event(self, item: tuple[dict[str, Any], int | None]) -> None:
+        doc, seg = item
         record = {"topic": self.event_topic, "payload": doc}
         direct = (
             self.connected
@@ -344,14 +463,14 @@ class MqttPublisher:
         if direct:
             info = self.client.publish(self.event_topic, json.dumps(doc), qos=1)
             if info.rc == paho.MQTT_ERR_SUCCESS:
-                self._pending[info.mid] = _Pending(info, self._generation, record)
+                self._pending[info.mid] = _Pending(info, self._generation, record, seg=seg)
                 return
         # Keep the spool the oldest-first record of everything undelivered: unacknowledged direct
         # publishes go in before this newer event.
         for p in self._pending.values():
-            if p.spool_key is None:
-                p.spool_key = self._to_spool(p.record)
+            self._spool_pending(p)
         self._to_spool(record)
+        self.journal.settle(seg)
 
     def _replay(self) -> None:
         if time.monotonic() - self._connected_at < self.cfg.replay_settle_s or not len(self.spool):
@@ -390,6 +509,7 @@ class MqttPublisher:
             log.exception("mqtt: stats provider failed")
             return
         if doc is not None:
+            doc = {**doc, "drops": self.drops()}
             self.client.publish(self.stats_topic, json.dumps(doc), qos=0)
 
     # ---- shutdown -----------------------------------------------------------------------------
@@ -401,6 +521,7 @@ class MqttPublisher:
         if self._worker is not None:
             self._worker.join(drain_timeout_s + 5.0)
         if self.connected:
+            self._publish_side_channels()  # the last state (set after the worker's last round)
             info = self.client.publish(self.status_topic, final_status, qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # not queued: nothing to wait for
                 info.wait_for_publish(timeout=2.0)

@@ -113,6 +113,17 @@ def _spawn(config: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a daemon and require its clean exit (code 0); killed if it hangs."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out.decode()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _config_file(tmp_path: Path, broker: EmbeddedBroker, model: Path, frames: int = 0) -> Path:
     path = tmp_path / "edge.toml"
     path.write_text(
@@ -147,12 +158,8 @@ def test_sigkill_while_spooling_then_replay_on_next_start(
     second = _spawn(config)
     try:
         assert _wait(lambda: len(consumer.on("/event")) >= len(kept), 30)
-        second.send_signal(signal.SIGTERM)
-        out, _ = second.communicate(timeout=20)
-        assert second.returncode == 0, out.decode()[-2000:]
     finally:
-        if second.poll() is None:
-            second.kill()
+        _terminate(second)
         consumer.close()
     events = _first_arrivals(consumer)
     runs = list(dict.fromkeys(e["run_id"] for e in events))
@@ -186,5 +193,137 @@ def test_last_will_says_offline_when_killed(
             and late.messages[-1].payload == b"offline"
             and late.messages[-1].retain
         )
+    finally:
+        late.close()
+
+
+_PRODUCER = """
+import sys, time
+from pathlib import Path
+from edge.config import MqttConfig
+from edge.events import EventBuilder, ModelInfo
+from edge.mqtt import MqttPublisher
+from edge.records import Detection, TrackEvent
+from edge.spool import Spool
+
+port, state, count, settle = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+cfg = MqttConfig(host="127.0.0.1", port=port, prefix="wal", reconnect_min_s=0.2, reconnect_max_s=0.5,
+                 replay_settle_s=settle)
+pub = MqttPublisher(cfg, "dev", "cam", Spool(state / "spool")).start()
+builder = EventBuilder("dev", "cam", ModelInfo("m", "0", "", "onnxruntime"))
+det = Detection((0.1, 0.1, 0.2, 0.2), 0.9, ((0.15, 0.15),) * 5)
+for i in range(count):
+    doc = builder.event(TrackEvent("start" if i == 0 else "update", 1, det), i, time.time(), 64, 48)
+    pub.publish_event(doc)
+    print(doc["run_id"], doc["seq"], flush=True)  # handed over: the frame loop forgets it now
+    time.sleep(0.01)
+time.sleep(3600)
+"""
+
+
+def _producer(port: int, state: Path, count: int, settle: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _PRODUCER, str(port), str(state), str(count), str(settle)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> list[int]:
+    """SIGKILL ``proc``; the seqs it said it had handed over."""
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=10)
+    return [int(line.split()[1]) for line in out.decode().splitlines()]
+
+
+def test_sigkill_in_any_phase_loses_no_handed_over_event(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """An event is on disk before publish_event returns: SIGKILL while events wait in memory behind
+    a replay (the issue's 53 lost events) and while streaming directly; the next start sends them."""
+    state = tmp_path / "state"
+    fresh_broker.stop()
+    first = _producer(fresh_broker.port, state, 100_000, settle=5.0)
+    try:
+        assert _wait(lambda: len(list((state / "spool").glob("*.json"))) >= 30, 30), "nothing spooled"
+        fresh_broker.start()
+        consumer = Consumer(fresh_broker.host, fresh_broker.port, ("wal/#",))
+        assert consumer.wait_for(lambda c: [m.payload for m in c.on("/status")][-1:] == [b"online"], 10)
+        time.sleep(1.5)  # connected, replay not yet begun (settle 5 s): new events wait in memory
+    finally:
+        handed_replay = _kill(first)
+    assert not consumer.on("/event")  # nothing replayed yet: all of it was in the spool or memory
+    second = _producer(fresh_broker.port, state, 150, settle=0.2)  # streams directly after the replay
+    try:
+        assert consumer.wait_for(lambda c: len(c.on("/event")) >= len(handed_replay) + 60, 30)
+    finally:
+        handed_stream = _kill(second)
+    third = _producer(fresh_broker.port, state, 0, settle=0.2)
+    try:
+        expected = len(handed_replay) + len(handed_stream) + 2  # and an end for each run's open track
+        assert consumer.wait_for(
+            lambda c: len({m.json()["event_id"] for m in c.on("/event")}) >= expected, 30
+        )
+        time.sleep(0.5)
+    finally:
+        _kill(third)
+        consumer.close()
+    events = _first_arrivals(consumer)
+    runs = list(dict.fromkeys(e["run_id"] for e in events))
+    for run, handed in zip(runs, (handed_replay, handed_stream), strict=False):
+        got = [e["seq"] for e in events if e["run_id"] == run and e["type"] != "end"]
+        assert set(handed) <= set(got), f"lost {sorted(set(handed) - set(got))[:10]}"
+        assert got == sorted(got)  # in order
+        (end,) = [e for e in events if e["run_id"] == run and e["type"] == "end"]  # its open track
+        assert end["seq"] == max(got) + 1 and end["replayed"]
+    assert len(runs) == 2 and len(handed_replay) > 100  # the first run was killed with plenty in memory
+
+
+def test_sigkill_with_a_face_in_view_is_closed_by_the_next_start(
+    fresh_broker: EmbeddedBroker, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """Retained messages stay true: after SIGKILL the next start says faces 0 and ends the open
+    track; after its clean stop the state says the camera is offline."""
+    config = _config_file(tmp_path, fresh_broker, tiny_onnx)
+    consumer = Consumer(fresh_broker.host, fresh_broker.port, ("rel/#",))
+    first = _spawn(config)
+    try:
+        assert consumer.wait_for(lambda c: any(m.json()["type"] == "start" for m in c.on("/event")), 30)
+        assert consumer.wait_for(lambda c: c.on("/state") and c.on("/state")[-1].json()["faces"] >= 1, 10)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    started = [m.json() for m in consumer.on("/event") if m.json()["type"] == "start"]
+    killed_run = started[0]["run_id"]
+    open_tracks = {e["faces"][0]["track_id"] for e in started} - {
+        m.json()["faces"][0]["track_id"] for m in consumer.on("/event") if m.json()["type"] == "end"
+    }
+    assert open_tracks
+    second = _spawn(config)
+    try:
+        assert consumer.wait_for(
+            lambda c: (
+                {
+                    m.json()["faces"][0]["track_id"]
+                    for m in c.on("/event")
+                    if m.json()["type"] == "end" and m.json()["run_id"] == killed_run
+                }
+                >= open_tracks
+            ),
+            30,
+        ), "the killed run's open track never ended"
+    finally:
+        _terminate(second)
+        consumer.close()
+    for m in consumer.messages:
+        validate_message(m.topic, m.payload)
+    new_states = [m.json() for m in consumer.on("/state") if m.json()["run_id"] != killed_run]
+    assert new_states[0]["faces"] == 0  # the stale "faces: 1" is replaced at once
+    late = Consumer(fresh_broker.host, fresh_broker.port, ("rel/killme/#",))
+    try:
+        assert late.wait_for(lambda c: c.on("/state") and c.on("/status"), 5)
+        assert late.on("/status")[-1].payload == b"stopped"
+        final = late.on("/state")[-1].json()
+        assert (final["faces"], final["source_status"]) == (0, "offline")
     finally:
         late.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,51 @@ def test_unwritable_directory_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match="spool directory"):
         Spool(blocker / "spool")
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real file system that runs out of space (ENOSPC), as an SD card does."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if not shutil.which("mount"):
+        pytest.skip("no mount command to make a small tmpfs")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_leaves_no_litter_and_counts_disk_full(
+    tiny_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tiny_fs / "spool", max_count=0, max_bytes=0, max_age_s=0)
+    with caplog.at_level(logging.WARNING, logger="edge.spool"):
+        keys = [spool.append(_rec(i, pad=3000)) for i in range(60)]  # ~180 KB into 64 KiB
+    assert -1 in keys and keys.index(-1) > 5
+    full = keys.count(-1)
+    assert spool.dropped["disk_full"] == full and spool.dropped["bytes"] == 0
+    assert not list((tiny_fs / "spool").glob("*.tmp"))  # every failed write cleaned up after itself
+    assert len(list((tiny_fs / "spool").glob("*.json"))) == len(spool) == 60 - full
+    lines = [r for r in caplog.records if "spool" in r.getMessage()]
+    assert len(lines) == 1 and "disk_full" in lines[0].getMessage()  # once, then the summary
+    assert [e.record["payload"]["seq"] for e in spool.peek(5)] == [0, 1, 2, 3, 4]
+
+
+def test_drops_are_summarised_not_logged_one_by_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path, max_count=3, log_interval_s=60)
+    with caplog.at_level(logging.WARNING, logger="edge.spool"):
+        for i in range(200):
+            spool.append(_rec(i))
+        assert len(caplog.records) == 1  # the first drop, at once
+        spool.drops.flush()
+        assert len(caplog.records) == 1  # the summary waits for its interval
+        spool.drops.flush(force=True)  # as the publisher does at exit
+    assert spool.dropped["count"] == 197 and spool.dropped_total == 197
+    summary = caplog.records[-1].getMessage()
+    assert len(caplog.records) == 2 and "196 x count" in summary and "197 since start" in summary
