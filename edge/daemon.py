@@ -61,25 +61,43 @@ def _read(path: Path) -> str:
         return ""
 
 
-def snapshot_jpeg(image: np.ndarray, box: tuple[float, float, float, float], max_bytes: int) -> bytes | None:
-    """A JPEG crop around a normalised ``box`` (+20 % margin) no larger than ``max_bytes``, or None."""
+SNAPSHOT_MIN_SIDE = 192  # px: a 30-px face alone is no picture; show it with its surroundings
+
+
+def snapshot_jpeg(
+    image: np.ndarray, box: tuple[float, float, float, float], max_bytes: int, comment: str = ""
+) -> bytes | None:
+    """A JPEG of the face in ``box`` (normalised) with its surroundings, no larger than ``max_bytes``,
+    or None. The crop is square, centred on the face, twice its longer side and at least
+    :data:`SNAPSHOT_MIN_SIDE` pixels (within the frame); ``comment`` goes into the JPEG's COM segment,
+    so the picture itself says which event it belongs to."""
     h, w = image.shape[:2]
-    x1, y1, x2, y2 = box
-    mx, my = (x2 - x1) * 0.2, (y2 - y1) * 0.2
-    left, top = max(0, int((x1 - mx) * w)), max(0, int((y1 - my) * h))
-    right, bottom = min(w, int((x2 + mx) * w) + 1), min(h, int((y2 + my) * h) + 1)
-    if right - left < 2 or bottom - top < 2:
+    x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+    if x2 - x1 < 1 or y2 - y1 < 1:
         return None
-    crop = image[top:bottom, left:right]
+    side = min(max(2.0 * max(x2 - x1, y2 - y1), SNAPSHOT_MIN_SIDE), w, h)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left = int(min(max(cx - side / 2, 0), w - side))
+    top = int(min(max(cy - side / 2, 0), h - side))
+    crop = image[top : top + int(side), left : left + int(side)]
     for _ in range(4):  # lower quality first, then halve the size
         for quality in (85, 65, 45):
             ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok and len(buf) <= max_bytes:
-                return buf.tobytes()
+            jpeg = _with_comment(buf.tobytes(), comment) if ok else b""
+            if ok and len(jpeg) <= max_bytes:
+                return jpeg
         if min(crop.shape[:2]) < 16:
             break
         crop = cv2.resize(crop, (crop.shape[1] // 2, crop.shape[0] // 2), interpolation=cv2.INTER_AREA)
     return None
+
+
+def _with_comment(jpeg: bytes, comment: str) -> bytes:
+    """``jpeg`` with a COM (0xFFFE) segment right after its SOI marker holding ``comment``."""
+    if not comment:
+        return jpeg
+    text = comment.encode("ascii", "replace")[:65533]
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
 
 
 class Metrics:
@@ -286,7 +304,12 @@ class Daemon:
                 and self.config.mqtt.snapshot
                 and self.config.daemon.snapshot_on == "start"
             ):
-                jpeg = snapshot_jpeg(image, ev.detection.box, self.config.mqtt.snapshot_max_bytes)
+                jpeg = snapshot_jpeg(
+                    image,
+                    ev.detection.box,
+                    self.config.mqtt.snapshot_max_bytes,
+                    comment=f"featherface event_id={doc['event_id']} track_id={ev.track_id}",
+                )
                 if jpeg is not None:
                     self.publisher.publish_snapshot(jpeg)
         self._publish_state()

@@ -1,10 +1,11 @@
 """Home Assistant MQTT discovery: retained config messages under ``<discovery_prefix>/...``.
 
 Two entities per camera: a sensor with the number of faces tracked now and a binary sensor
-"face present", both reading the retained ``state`` topic and marked unavailable through the
-device's ``status`` topic: anything but ``online`` (``offline``, ``stopped``) means unavailable.
-Home Assistant announces its own restarts on ``<discovery_prefix>/status``; the publisher re-sends
-discovery when that says ``online``.
+"face present", both reading the retained ``state`` topic, and with snapshots on a camera entity
+showing the last face's picture. All are marked unavailable through the device's ``status`` topic:
+anything but ``online`` (``offline``, ``stopped``) means unavailable. Home Assistant announces its
+own restarts on ``<discovery_prefix>/status``; the publisher re-sends discovery when that says
+``online``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ AVAILABILITY_TEMPLATE = "{{ 'online' if value == 'online' else 'offline' }}"
 
 
 def discovery_messages(
-    discovery_prefix: str, topic_prefix: str, device_id: str, camera: str
+    discovery_prefix: str, topic_prefix: str, device_id: str, camera: str, snapshot: bool = False
 ) -> list[tuple[str, str]]:
-    """``(topic, JSON payload)`` pairs to publish retained; the same input always gives the same output."""
+    """``(topic, JSON payload)`` pairs to publish retained; the same input always gives the same output.
+    With ``snapshot`` (``mqtt.snapshot = true``) a camera entity shows the last face's picture."""
     base = f"{topic_prefix}/{device_id}"
     device = {
         "identifiers": [f"featherface_{device_id}"],
@@ -57,10 +59,17 @@ def discovery_messages(
         "value_template": "{{ 'ON' if value_json.faces > 0 else 'OFF' }}",
         "device_class": "occupancy",
     }
-    return [
+    out = [
         (f"{discovery_prefix}/sensor/{uid}/faces/config", json.dumps(sensor, sort_keys=True)),
         (f"{discovery_prefix}/binary_sensor/{uid}/present/config", json.dumps(present, sort_keys=True)),
     ]
+    if snapshot:
+        picture = {k: v for k, v in common.items() if k != "state_topic"}  # a camera reads `topic`
+        picture.update(
+            name=f"{camera} last face", unique_id=f"{uid}_last_face", topic=f"{base}/{camera}/snapshot"
+        )
+        out.append((f"{discovery_prefix}/camera/{uid}/last_face/config", json.dumps(picture, sort_keys=True)))
+    return out
 
 
 def parse_ha_status(topic: str, payload: bytes, max_bytes: int) -> str | None:

@@ -214,7 +214,8 @@ class MqttPublisher:
         return self._put("event", (doc, seg))
 
     def publish_snapshot(self, jpeg: bytes) -> bool:
-        """Queue a JPEG crop (QoS 0, dropped while offline or above ``snapshot_max_bytes``)."""
+        """Queue a JPEG of a new face (QoS 1, retained; dropped while offline or above
+        ``snapshot_max_bytes``: pictures are not spooled)."""
         if len(jpeg) > self.cfg.snapshot_max_bytes:
             self.counters["dropped_snapshots"] += 1
             return False
@@ -341,7 +342,7 @@ class MqttPublisher:
     def _publish_discovery(self, client: paho.Client) -> None:
         if self.ha:
             for topic, payload in ha.discovery_messages(
-                self.ha.discovery_prefix, self.cfg.prefix, self.device_id, self.camera
+                self.ha.discovery_prefix, self.cfg.prefix, self.device_id, self.camera, self.cfg.snapshot
             ):
                 client.publish(topic, payload, qos=1, retain=True)
 
@@ -385,7 +386,9 @@ class MqttPublisher:
             self._handle_event(item)
         elif kind == "snapshot":
             if connected:
-                self.client.publish(self.snapshot_topic, item, qos=0)
+                # QoS 1 and retained: the last face stays on the topic for a Home Assistant camera
+                # entity or a late subscriber; the JPEG's COM segment names its event_id.
+                self.client.publish(self.snapshot_topic, item, qos=1, retain=True)
             else:
                 self.counters["dropped_snapshots"] += 1
         return False

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -96,7 +97,13 @@ def test_run_publishes_valid_messages_and_stops_cleanly(
     x1, y1, x2, y2 = e0["faces"][0]["box"]
     assert y1 < 0.5 < y2 and x1 < x2
     if any(e["type"] == "start" and not e["replayed"] for e in events):  # snapshots are online-only
-        assert consumer.on("/snapshot") and consumer.on("/snapshot")[0].payload[:2] == b"\xff\xd8"
+        jpeg = consumer.on("/snapshot")[0].payload
+        assert jpeg[:2] == b"\xff\xd8"
+        # The picture names its event (JPEG COM segment) and shows the face with its surroundings.
+        starts = {e["event_id"] for e in events if e["type"] == "start"}
+        assert any(f"event_id={eid}".encode() in jpeg[:200] for eid in starts)
+        picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert picture.shape[:2] == (192, 192)  # the square context crop, as large as this frame allows
     states = [m.json() for m in consumer.on("/state")]
     assert max(s["faces"] for s in states) >= 1 and states[-1]["faces"] == 0
     assert consumer.on("/status")[0].payload == b"online"
@@ -180,6 +187,10 @@ def test_snapshot_respects_the_size_cap() -> None:
     jpeg = snapshot_jpeg(noise, (0.1, 0.1, 0.9, 0.9), 8000)
     assert jpeg is not None and len(jpeg) <= 8000 and jpeg[:2] == b"\xff\xd8"
     assert snapshot_jpeg(noise, (0.5, 0.5, 0.5, 0.5), 8000) is None  # empty box
+    small = snapshot_jpeg(noise, (0.5, 0.5, 0.55, 0.56), 200_000, comment="featherface event_id=e1")
+    assert small is not None and b"featherface event_id=e1" in small[:64]
+    picture = cv2.imdecode(np.frombuffer(small, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape[:2] == (192, 192)  # a 20-px face gets its surroundings, not a 24-px crop
 
 
 def test_cpu_temperature_reads_thermal_zones(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import socket
@@ -160,6 +161,19 @@ def _clear_discovery(broker: EmbeddedBroker, consumer: Consumer) -> None:
         c.connect(broker.host, broker.port)
         c.publish(topic, b"", retain=True)
         c.disconnect()
+
+
+def test_discovery_adds_a_camera_entity_for_snapshots() -> None:
+    from edge.ha import discovery_messages
+
+    plain = discovery_messages("homeassistant", "ff", "dev1", "cam0")
+    with_pictures = discovery_messages("homeassistant", "ff", "dev1", "cam0", snapshot=True)
+    assert with_pictures[:2] == plain and len(with_pictures) == 3
+    topic, payload = with_pictures[2]
+    camera = json.loads(payload)
+    assert topic == "homeassistant/camera/featherface_dev1_cam0/last_face/config"
+    assert camera["topic"] == "ff/dev1/cam0/snapshot" and "state_topic" not in camera
+    assert camera["availability_topic"] == "ff/dev1/status"
 
 
 def test_home_assistant_discovery_and_hostile_messages(
