@@ -33,7 +33,7 @@ from edge.events import EventBuilder, ModelInfo
 from edge.memory import tune_malloc
 from edge.mqtt import MqttPublisher
 from edge.notify import Notifier
-from edge.records import Frame, FrameSource, TrackEvent
+from edge.records import Detector, Frame, FrameSource, NullPublisher, Publisher, TrackEvent
 from edge.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Daemon:
     def __init__(
         self,
         config: Config,
-        detector: Any = None,
+        detector: Detector | None = None,
         source: FrameSource | None = None,
         notifier: Notifier | None = None,
     ) -> None:
@@ -159,18 +159,22 @@ class Daemon:
         if detector is None:
             from edge.detector import detector_from_config  # loads + warms up; ModelError -> exit 2
 
-            detector = detector_from_config(config.detector)
-        self.detector = detector
-        model = ModelInfo(detector.meta.name, detector.meta.version, detector.sha256, detector.runtime)
+            self.detector: Detector = detector_from_config(config.detector)
+        else:
+            self.detector = detector
+        d = self.detector
+        model = ModelInfo(d.meta.name, d.meta.version, d.sha256, d.runtime)
         self.builder = EventBuilder(config.device.id, config.device.camera, model)
         self.spool = Spool(
             config.spool_dir, config.spool.max_events, config.spool.max_bytes, config.spool.max_age_s
         )
-        self.publisher: MqttPublisher | None = None
-        if config.mqtt.enabled:
-            self.publisher = MqttPublisher(
+        self.publisher: Publisher = (
+            MqttPublisher(
                 config.mqtt, config.device.id, config.device.camera, self.spool, config.homeassistant
             )
+            if config.mqtt.enabled
+            else NullPublisher()
+        )
         self._injected_source = source
         self.source: FrameSource | None = None
         from edge.tracker import Tracker
@@ -212,10 +216,9 @@ class Daemon:
     def _start(self) -> None:
         from edge.reconnect import open_source
 
-        if self.publisher is not None:
-            self.publisher.set_state(self.builder.state(0, self.source_status))
-            self.publisher.set_stats_provider(self._stats)
-            self.publisher.start()
+        self.publisher.set_state(self.builder.state(0, self.source_status))
+        self.publisher.set_stats_provider(self._stats)
+        self.publisher.start()
         if self._injected_source is not None:  # a bare source (tests, demo): same reconnect policy
             from edge.reconnect import ReconnectingSource
 
@@ -295,8 +298,6 @@ class Daemon:
             doc = self.builder.event(ev, frame_id, ts, w, h)
             self.metrics.events += 1
             log.debug("event %s track %d seq %d", ev.kind, ev.track_id, doc["seq"])
-            if self.publisher is None:
-                continue
             self.publisher.publish_event(doc)
             if (
                 ev.kind == "start"
@@ -316,16 +317,12 @@ class Daemon:
 
     def _publish_state(self, force: bool = False) -> None:
         faces = self.tracker.active_tracks
-        if self.publisher is not None and (force or faces != self._faces):
+        if force or faces != self._faces:
             self._faces = faces
             self.publisher.set_state(self.builder.state(faces, self.source_status))
 
     def _stats(self) -> dict[str, Any]:
-        depth = (
-            self.publisher.depth()
-            if self.publisher
-            else {"queue": 0, "inflight": 0, "spool": 0, "spool_dropped": 0}
-        )
+        depth = self.publisher.depth()
         dropped = int(getattr(self.source, "dropped_frames", 0) or 0)
         return self.builder.stats(
             {
@@ -358,10 +355,9 @@ class Daemon:
                 self.source.close()
             except Exception:
                 log.exception("closing the source failed")
-        if self.publisher is not None:
-            # The retained state must stay true after we are gone: no faces, camera not read.
-            self.publisher.set_state(self.builder.state(0, "offline"))
-            self.publisher.stop(self.config.daemon.drain_timeout_s, final_status=status)
+        # The retained state must stay true after we are gone: no faces, camera not read.
+        self.publisher.set_state(self.builder.state(0, "offline"))
+        self.publisher.stop(self.config.daemon.drain_timeout_s, final_status=status)
         self.notifier.close()
         log.info(
             "stopped (%s): %d frame(s), %d event(s)",
@@ -374,7 +370,7 @@ class Daemon:
 def run(
     config: Config,
     *,
-    detector: Any = None,
+    detector: Detector | None = None,
     source: FrameSource | None = None,
     on_ready: Callable[[Daemon], None] | None = None,
 ) -> int:

@@ -6,10 +6,14 @@ to the frame (0..1) so they survive any resize; multiply by ``frame_w``/``frame_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:  # a type only: records stay below every module that does the work
+    from edge.contract import ModelMeta
 
 Box = tuple[float, float, float, float]
 Point = tuple[float, float]
@@ -89,6 +93,61 @@ class FrameSource(Protocol):
 
 
 class Detector(Protocol):
-    """Runs a contract model on a BGR frame and returns NMS-filtered detections."""
+    """Runs a contract model on a BGR frame and returns NMS-filtered detections; says which model
+    (its contract ``meta`` and file ``sha256``) on which ``runtime``, for every event it causes."""
+
+    @property
+    def meta(self) -> ModelMeta: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def runtime(self) -> str: ...
 
     def detect(self, image: np.ndarray) -> list[Detection]: ...
+
+
+class Publisher(Protocol):
+    """Where the daemon's messages go (:class:`edge.mqtt.MqttPublisher`, or :class:`NullPublisher`
+    with MQTT off). Every call returns at once: delivery, retries and the spool are the publisher's."""
+
+    def start(self) -> object: ...
+
+    def set_state(self, doc: dict[str, Any]) -> None: ...
+
+    def set_stats_provider(self, provider: Callable[[], dict[str, Any]]) -> None: ...
+
+    def publish_event(self, doc: dict[str, Any]) -> bool: ...
+
+    def publish_snapshot(self, jpeg: bytes) -> bool: ...
+
+    def depth(self) -> dict[str, int]: ...
+
+    def stop(self, drain_timeout_s: float = 5.0, final_status: str = "stopped") -> None: ...
+
+
+class NullPublisher:
+    """The :class:`Publisher` of a daemon with ``mqtt.enabled = false``: accepts everything, sends
+    nothing (events still reach the log), so the loop never asks whether it has a publisher."""
+
+    def start(self) -> NullPublisher:
+        return self
+
+    def set_state(self, doc: dict[str, Any]) -> None:
+        pass
+
+    def set_stats_provider(self, provider: Callable[[], dict[str, Any]]) -> None:
+        pass
+
+    def publish_event(self, doc: dict[str, Any]) -> bool:
+        return True
+
+    def publish_snapshot(self, jpeg: bytes) -> bool:
+        return True
+
+    def depth(self) -> dict[str, int]:
+        return {"queue": 0, "inflight": 0, "spool": 0, "spool_dropped": 0}
+
+    def stop(self, drain_timeout_s: float = 5.0, final_status: str = "stopped") -> None:
+        pass
