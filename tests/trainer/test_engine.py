@@ -423,3 +423,44 @@ def test_aux_parameters_are_trained_saved_and_restored(tmp_path: Path) -> None:
     opt = OptimConfig(lr=0.01)
     fit(TinyDetector(), dataset, step, opt, run2, DistInfo(), batch_size=2, aux=fresh, resume=True)
     assert fresh["log_var"].item() == trained  # restored (the run was already complete: no more steps)
+
+
+# ---------------------------------------------------------------- the shared optimiser step
+
+
+def _linear_step(scale: float):
+    def step(model: nn.Module, images: torch.Tensor, targets) -> dict[str, torch.Tensor | float]:
+        loss = scale * model(images).sum()
+        return {"loss": loss, "note": 1.5}
+
+    return step
+
+
+def test_optimizer_step_clips_guards_and_reports_floats() -> None:
+    """The one step V1 and every Nano-B phase take: clipping from the config, the NaN guard."""
+    from trainer.engine.loop import DivergedError, optimizer_step
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    batch = (torch.ones(2, 4), [torch.zeros(1)])
+    before = model.weight.detach().clone()
+    logs = optimizer_step(
+        model, batch, _linear_step(1e6), opt, sched, scaler, device=torch.device("cpu"), grad_clip=1.0
+    )
+    assert logs["note"] == 1.5 and isinstance(logs["loss"], float)
+    # A gradient of norm ~3e6 moved the weights by at most the clipped norm times the rate.
+    assert float((model.weight.detach() - before).norm()) <= 1.0 + 1e-5
+    with pytest.raises(DivergedError, match="at phase x step 7"):
+        optimizer_step(
+            model,
+            batch,
+            _linear_step(float("nan")),
+            opt,
+            sched,
+            scaler,
+            device=torch.device("cpu"),
+            where="phase x step 7",
+        )

@@ -1,4 +1,5 @@
-"""The resumable training driver shared by V1 and the Nano-B phases.
+"""V1's resumable, epoch-based training driver (DDP, AMP); its steps are the engine's optimiser step,
+which the Nano-B phases (:mod:`trainer.pipeline.train`) take too.
 
 ``fit`` reads top to bottom: build the optimiser, schedule and AMP scaler; restore a checkpoint when
 resuming; then for each epoch build that epoch's loader (seeded order, this rank's shard, batches

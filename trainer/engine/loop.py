@@ -1,15 +1,19 @@
-"""One training epoch: forward, loss, backward (AMP on CUDA), clip, step, schedule, log.
+"""The training step every trainer runs, and the epoch loop V1 drives it with.
 
-The loss is whatever ``step_fn(model, images, targets) -> {"loss": total, ...}`` computes, so V1
-(MultiBox) and the Nano-B phases (task + distillation) share this loop. ``on_step(state)`` runs after
-each optimiser step (checkpointing, stopping at ``max_steps``); it returns True to stop.
+:func:`optimizer_step` is one step: batch to the device, ``step_fn(model, images, targets) -> {"loss":
+total, ...}`` under autocast (CUDA with ``amp``), the NaN/inf guard, backward through the AMP scaler,
+gradient clipping, optimiser and schedule step. V1 (MultiBox, :func:`train_epoch` under
+:func:`~trainer.engine.fit.fit`) and the three Nano-B phases (task + distillation,
+:func:`trainer.pipeline.train.train_steps`) both train through it, so the guard, AMP and clipping
+from the config hold for every phase. ``on_step(state)`` runs after each optimiser step of an epoch
+(checkpointing, stopping at ``max_steps``); it returns True to stop.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +25,7 @@ from trainer.engine.ddp import DistInfo, mean_across_ranks
 from trainer.engine.log import JsonlLogger
 from trainer.loss.multibox import MultiBoxLoss
 
-StepFn = Callable[[nn.Module, torch.Tensor, Sequence[torch.Tensor]], dict[str, torch.Tensor]]
+StepFn = Callable[[nn.Module, torch.Tensor, Sequence[torch.Tensor]], dict[str, torch.Tensor | float]]
 
 
 class DivergedError(FeatherFaceError):
@@ -44,11 +48,50 @@ def multibox_step(loss_fn: MultiBoxLoss) -> StepFn:
 
     def step(
         model: nn.Module, images: torch.Tensor, targets: Sequence[torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor | float]:
         parts = loss_fn(model(images), targets)
         return {"loss": parts.total, "loc": parts.loc, "conf": parts.conf, "landm": parts.landm}
 
     return step
+
+
+def optimizer_step(
+    model: nn.Module,
+    batch: tuple[torch.Tensor, Sequence[torch.Tensor]],
+    step_fn: StepFn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    *,
+    device: torch.device,
+    amp: bool = False,
+    grad_clip: float = 0.0,
+    clip_params: Iterable[nn.Parameter] | None = None,
+    where: str = "",
+) -> dict[str, float]:
+    """One optimiser step on ``batch`` (see the module doc); returns the step's losses as floats.
+
+    ``clip_params`` are the parameters whose gradient norm ``grad_clip`` caps (default: the model's);
+    ``where`` names the step in the divergence error.
+    """
+    images, targets = batch
+    images = images.to(device, non_blocking=True)
+    targets = [t.to(device, non_blocking=True) for t in targets]
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+        losses = step_fn(model, images, targets)
+    loss = losses["loss"]
+    assert isinstance(loss, torch.Tensor), "step_fn must return the total loss as a tensor"
+    if not torch.isfinite(loss):
+        raise DivergedError(f"loss is {loss.item()} at {where or 'a step'}; lower optim.lr or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters() if clip_params is None else clip_params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in losses.items()}
 
 
 def train_epoch(
@@ -85,28 +128,21 @@ def train_epoch(
     )
     stopped = False
     for images, targets in bar:
-        images = images.to(info.device, non_blocking=True)
-        targets = [t.to(info.device, non_blocking=True) for t in targets]
-        with torch.autocast(device_type=info.device.type, dtype=torch.float16, enabled=use_amp):
-            losses = step_fn(model, images, targets)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise DivergedError(
-                f"loss is {loss.item()} at step {state.step} (epoch {state.epoch}); "
-                "lower optim.lr or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        vals = optimizer_step(
+            model,
+            (images, targets),
+            step_fn,
+            optimizer,
+            scheduler,
+            scaler,
+            device=info.device,
+            amp=use_amp,
+            grad_clip=grad_clip,
+            where=f"step {state.step} (epoch {state.epoch})",
+        )
         state.step += 1
         state.step_in_epoch += 1
 
-        vals = {k: float(v.detach()) for k, v in losses.items()}
         for k, v in vals.items():
             sums[k] = sums.get(k, 0.0) + v
             window[k] = window.get(k, 0.0) + v

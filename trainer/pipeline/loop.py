@@ -1,11 +1,11 @@
-"""The pieces every phase shares: one distillation step, validation (loss and held-out AP), and the
+"""The pieces every phase shares: the distillation step function, validation (loss and held-out AP), and the
 student checkpoint format (weights + pruning spec, so a pruned student reloads without pickling).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from torch import nn
 from edge.anchors import prior_boxes
 from edge.errors import ModelError
 from trainer.data.dataset import build_loader
+from trainer.engine.loop import StepFn
 from trainer.loss.distill import DistillLoss
 from trainer.loss.multibox import MultiBoxLoss
 from trainer.models.nano_b import NanoB, NanoBConfig
@@ -37,35 +38,25 @@ def make_losses(recipe: Any, img_dim: int, device: torch.device) -> Losses:
     return Losses(MultiBoxLoss(priors, recipe.loss).to(device), DistillLoss(recipe.distill).to(device))
 
 
-def distill_step(
-    student: nn.Module,
-    teacher: nn.Module | None,
-    losses: Losses,
-    optimizer: torch.optim.Optimizer,
-    batch: Batch,
-    device: torch.device,
-) -> dict[str, float]:
-    """One optimiser step on ``(1 - alpha) * MultiBox + alpha * KD`` (task loss only without a teacher)."""
-    images, targets = batch
-    images = images.to(device)
-    targets = [t.to(device) for t in targets]
-    student.train()
-    out = student(images)
-    parts = losses.task(out, targets)
-    if teacher is not None:
-        with torch.no_grad():
-            t_out = teacher(images)
-        total, logs = losses.kd(out, t_out, parts.total)
-    else:
-        total, logs = parts.total, {"loss": float(parts.total.detach())}
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    torch.nn.utils.clip_grad_norm_(student.parameters(), 10.0)  # a bad synthetic batch cannot blow up BN
-    optimizer.step()
-    logs.update(
-        loc=float(parts.loc.detach()), conf=float(parts.conf.detach()), landm=float(parts.landm.detach())
-    )
-    return logs
+def kd_step(teacher: nn.Module | None, losses: Losses) -> StepFn:
+    """The Nano-B step for :func:`trainer.engine.loop.optimizer_step`: ``(1 - alpha) * MultiBox +
+    alpha * KD`` (the task loss alone without a teacher); the KD terms and weights ride along as logs."""
+
+    def step(
+        student: nn.Module, images: torch.Tensor, targets: Sequence[torch.Tensor]
+    ) -> dict[str, torch.Tensor | float]:
+        student.train()
+        out = student(images)
+        parts = losses.task(out, targets)
+        logs: dict[str, float] = {}
+        total = parts.total
+        if teacher is not None:
+            with torch.no_grad():
+                t_out = teacher(images)
+            total, logs = losses.kd(out, t_out, parts.total)
+        return {**logs, "loss": total, "loc": parts.loc, "conf": parts.conf, "landm": parts.landm}
+
+    return step
 
 
 @torch.no_grad()

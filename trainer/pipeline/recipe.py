@@ -32,6 +32,8 @@ class RunConfig:
     export_size: tuple[int, int] = (320, 240)  # (W, H) of the final ONNX export
     export: bool = True  # write export/nano_b.onnx (with the DESIGN §1 metadata) at the end
     bn_recalibration: int = 8  # batches that re-estimate BN statistics after teacher init and after removal
+    grad_clip: float = 10.0  # max gradient norm of the student (0 = off): a bad batch cannot blow up BN
+    amp: bool = False  # float16 autocast + GradScaler on CUDA (no effect on the CPU)
 
 
 @dataclass(frozen=True)

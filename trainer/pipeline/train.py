@@ -1,4 +1,5 @@
-"""The training loop every phase runs: KD steps, logging, checkpoints, resume (nanoGPT style).
+"""The step loop every Nano-B phase runs: KD steps through the engine's optimiser step (NaN guard,
+AMP, clipping from ``[run]``), logging, checkpoints, resume (nanoGPT style).
 
 ``train_steps`` runs optimiser steps ``[start, steps)`` on a student. With an ``out`` folder it logs
 ``metrics.jsonl/.csv`` every ``log_every`` steps, saves the full training state (student, KD weights,
@@ -21,10 +22,11 @@ from tqdm import tqdm
 
 from trainer.engine.checkpoint import Checkpointer, restore
 from trainer.engine.log import JsonlLogger
+from trainer.engine.loop import optimizer_step
 from trainer.engine.optim import build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
 from trainer.pipeline.data import PipelineData, batch_stream
-from trainer.pipeline.loop import distill_step, make_losses
+from trainer.pipeline.loop import kd_step, make_losses
 from trainer.pipeline.recipe import NanoBRecipe
 
 StepHook = Callable[[int], dict[str, float] | None]  # called before optimiser step t (0-based)
@@ -73,6 +75,7 @@ def train_steps(
     optimizer = build_optimizer(trainable, optim_cfg)
     per_epoch = max(len(ctx.data.train) // recipe.data.batch_size, 1)  # type: ignore[arg-type]
     scheduler = build_scheduler(optimizer, optim_cfg, steps, per_epoch, cycles, restart_scale)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and device.type == "cuda")
 
     start = 0
     ckpt = Checkpointer(out) if out is not None else None
@@ -87,10 +90,22 @@ def train_steps(
     stream = batch_stream(ctx.data.train, recipe.data.batch_size, run.seed, start, recipe.data.num_workers)
     began = time.perf_counter()
     bar = tqdm(range(start, steps), desc=name, unit="step", disable=not (run.progress and out is not None))
+    step_fn = kd_step(ctx.teacher, losses)
     for step in bar:
         hooked = hook(step) if hook is not None else None
-        logs = distill_step(student, ctx.teacher, losses, optimizer, next(stream), device)
-        scheduler.step()
+        logs = optimizer_step(
+            student,
+            next(stream),
+            step_fn,
+            optimizer,
+            scheduler,
+            scaler,
+            device=device,
+            amp=run.amp,
+            grad_clip=run.grad_clip,
+            clip_params=student.parameters(),  # the network's, not the KD loss weights'
+            where=f"{name} step {step}",
+        )
         done = step + 1
         if logger is not None and (done % run.log_every == 0 or done == steps):
             row: dict[str, Any] = {
