@@ -259,7 +259,7 @@ def _check_python(python: str, requires: str) -> None:
         need = tuple(int(x) for x in requires[2:].split(".")[:2])
         if have < need:
             raise DeployError(f"{python} is Python {proc.stdout.strip()}; featherface needs {requires} "
-                              "(install a newer python3 and pass --python, e.g. /usr/bin/python3.11)")  # fmt: skip
+                              "(install a newer python3 and pass --python /usr/bin/python3.X)")  # fmt: skip
 
 
 def build_release(bundle_dir: Path, manifest: dict, rel_dir: Path, opts: Options, layout: Layout) -> None:
