@@ -172,3 +172,36 @@ def test_fallback_matches_torchvision(case) -> None:
     tv = deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask, backend="torchvision")
     ours = deform_conv2d_torch(x, offset, weight, bias, stride, padding, dilation, mask)
     torch.testing.assert_close(ours, tv, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("cin", "cout"), [(8, 4), (4, 8)])  # project-first and im2col paths
+def test_exports_to_onnx_with_dynamic_size_and_matches_at_two_sizes(cin: int, cout: int) -> None:
+    """The exported module runs on ONNX Runtime at sizes other than the traced one and agrees with
+    PyTorch. (Regression: the base positions were built with repeat / repeat_interleave by the
+    output size, which the exporter lowered to Expand / Tile shapes of the wrong rank; the file failed
+    its first inference at every size.)"""
+    import io
+    import warnings
+
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    dcn = DeformableConv2d(cin, cout).eval()
+    for conv in (dcn.offset_conv, dcn.modulator_conv):  # offsets of about a pixel, masks off 1
+        torch.nn.init.normal_(conv.weight, std=0.3)
+    dims = {2: torch.export.Dim("height", min=4), 3: torch.export.Dim("width", min=4)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            dcn, (torch.randn(1, cin, 12, 16),), None, dynamo=True, dynamic_shapes=(dims,), verbose=False
+        )
+    buf = io.BytesIO()
+    program.save(buf)
+    session = ort.InferenceSession(buf.getvalue())
+    for h, w in ((12, 16), (9, 23)):
+        x = torch.randn(1, cin, h, w)
+        with torch.no_grad():
+            want = dcn(x).numpy()
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert got.shape == want.shape
+        assert float(abs(got - want).max()) <= 1e-5 * max(1.0, float(abs(want).max()))

@@ -59,12 +59,18 @@ def _bilinear_taps(
     og = offset.shape[1] // (2 * k)
     dtype, device = offset.dtype, offset.device
     off = offset.view(n, og, k, 2, ho * wo)
-    ky = (torch.arange(kh, device=device, dtype=dtype) * dilation[0]).repeat_interleave(kw)
-    kx = (torch.arange(kw, device=device, dtype=dtype) * dilation[1]).repeat(kh)
-    oy = (torch.arange(ho, device=device, dtype=dtype) * stride[0] - padding[0]).repeat_interleave(wo)
-    ox = (torch.arange(wo, device=device, dtype=dtype) * stride[1] - padding[1]).repeat(ho)
-    py = oy + ky[:, None] + off[:, :, :, 0]  # (n, g, k, P), same arithmetic order as torchvision
-    px = ox + kx[:, None] + off[:, :, :, 1]
+    # Base positions (k, P) by broadcasting (kernel row/col x output row/col) rather than
+    # repeat / repeat_interleave: the ONNX exporter lowers those with a symbolic count (a dynamic
+    # H x W) to Expand / Tile shapes of the wrong rank, a graph that fails at its first inference.
+    # The sums are of small integers, so they are exact either way.
+    ky = torch.arange(kh, device=device, dtype=dtype) * dilation[0]
+    kx = torch.arange(kw, device=device, dtype=dtype) * dilation[1]
+    oy = torch.arange(ho, device=device, dtype=dtype) * stride[0] - padding[0]
+    ox = torch.arange(wo, device=device, dtype=dtype) * stride[1] - padding[1]
+    base_y = (oy.view(1, 1, ho, 1) + ky.view(kh, 1, 1, 1)).expand(kh, kw, ho, wo).reshape(k, ho * wo)
+    base_x = (ox.view(1, 1, 1, wo) + kx.view(1, kw, 1, 1)).expand(kh, kw, ho, wo).reshape(k, ho * wo)
+    py = base_y + off[:, :, :, 0]  # (n, g, k, P), same arithmetic order as torchvision
+    px = base_x + off[:, :, :, 1]
 
     y0, x0 = torch.floor(py), torch.floor(px)
     ly, lx = py - y0, px - x0
@@ -155,14 +161,18 @@ def deform_conv2d(
     mask: torch.Tensor | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
-    """``torchvision.ops.deform_conv2d`` when available (``backend="auto"``), else the fallback.
+    """``torchvision.ops.deform_conv2d`` when available (``backend="auto"``, outside ONNX export),
+    else the fallback.
 
     ``backend="torchvision"`` requires torchvision (``RuntimeError`` otherwise); ``"torch"`` forces
     the pure-PyTorch path.
     """
     if backend == "torchvision" and _tv_deform_conv2d is None:
         raise RuntimeError("deform_conv2d: torchvision is not importable here")
-    if backend != "torch" and _tv_deform_conv2d is not None:
+    # At ONNX export "auto" takes the fallback: its gathers are plain ONNX ops (checked on ONNX
+    # Runtime and OpenVINO), so the file does not depend on a runtime version that has DeformConv.
+    exporting = backend == "auto" and torch.onnx.is_in_onnx_export()
+    if backend != "torch" and _tv_deform_conv2d is not None and not exporting:
         return _tv_deform_conv2d(
             input, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask
         )
