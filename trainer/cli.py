@@ -31,7 +31,10 @@ def evaluate(
     wider_val: Annotated[
         Path, typer.Option("--wider-val", help="Folder with WIDER_val/images and ground_truth/*.mat.")
     ],
-    arch: Annotated[str | None, typer.Option(help="Network of a bare state dict: v1 or nano-b.")] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="Network of a bare state dict: nano-b (V1 files are recognised by their keys)."),
+    ] = None,
     scale: Annotated[str, typer.Option(help="'original', or N: resize the longer side to N.")] = "original",
     predictions: Annotated[Path | None, typer.Option(help="Write <event>/<name>.txt here.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first K images only.")] = None,
@@ -74,10 +77,16 @@ def v1(
 
 @app.command()
 def export(
-    model: Annotated[Path, typer.Argument(help=".pth checkpoint (or a bare state dict with --arch).")],
+    model: Annotated[
+        Path,
+        typer.Argument(help="A model file the trainer wrote (last.pt, student.pt...) or the official V1."),
+    ],
     fmt: Annotated[str, typer.Option("--format", help="onnx, openvino, torchscript or all.")] = "onnx",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("export"),
-    arch: Annotated[str | None, typer.Option(help="Network of a bare state dict: v1 or nano-b.")] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="Network of a bare state dict: nano-b (V1 files are recognised by their keys)."),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="File stem and model name (default: the arch).")] = None,
     version: Annotated[str, typer.Option(help="Model version recorded in the metadata.")] = "0.1.0",
     size: Annotated[str, typer.Option(help="Nominal input WxH stored in the metadata.")] = "640x480",
@@ -86,16 +95,16 @@ def export(
     calib: Annotated[Path | None, typer.Option(help="Folder of calibration images for --int8.")] = None,
 ) -> None:
     """Write self-describing ONNX / OpenVINO IR / TorchScript files (and INT8) of MODEL."""
-    from trainer.eval.predict import load_torch_model
     from trainer.export import export_model
     from trainer.export.exporter import FORMATS, ExportError
+    from trainer.models.files import load_model
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise ExportError(f"--size must look like 640x480, got {size!r}") from None
     formats = FORMATS if fmt == "all" else tuple(f.strip() for f in fmt.split(","))
-    net, arch_name = load_torch_model(model, arch)
+    net, arch_name = load_model(model, arch)
     result = export_model(
         net,
         out,
@@ -119,14 +128,16 @@ def info(
     arch: Annotated[str, typer.Option(help="Registered model variant: nano_b or v1.")] = "nano_b",
     config: Annotated[Path | None, typer.Option(help="Nano-B pipeline TOML: use its [model] table.")] = None,
     weights: Annotated[
-        Path | None, typer.Option(help="A Nano-B student file (pruned widths included).")
+        Path | None,
+        typer.Option(help="A model file (V1 or Nano-B, pruned widths included); replaces --arch."),
     ] = None,
     depth: Annotated[int, typer.Option(help="Module depth of the table (1 = top-level modules).")] = 1,
 ) -> None:
     """Per-module parameter table, total parameters and MACs at 320x240 and 640x480."""
+    from trainer.models.files import load_model
     from trainer.pipeline.info import build_for_info, model_info, print_info
 
-    model = build_for_info(arch, config, weights)
+    model = load_model(weights)[0] if weights is not None else build_for_info(arch, config)
     print_info(f"{weights or arch}", model_info(model, depth))
 
 

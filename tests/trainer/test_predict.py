@@ -164,10 +164,16 @@ def test_checkpoints_name_their_network(tmp_path: Path) -> None:
     assert torch.equal(loaded.state_dict()[first], model.state_dict()[first])
     bare = tmp_path / "bare.pth"
     torch.save(model.state_dict(), bare)
+    # A bare V1 state dict is known by its keys, plain (no offset convs) included, with or without --arch.
+    for arch_given in (None, "v1"):
+        loaded, arch = load_torch_model(bare, arch_given)
+        assert arch == "v1" and not loaded.deformable
+    nano = tmp_path / "nano.pth"
+    torch.save(build_model("nano_b").state_dict(), nano)
     with pytest.raises(ModelError, match="--arch"):
-        load_torch_model(bare)
+        load_torch_model(nano)  # its options and widths are not in its keys
     with pytest.raises(ModelError, match="does not fit"):
-        load_torch_model(bare, "v1")  # the deformable V1 has offset convs this file lacks
+        load_torch_model(nano, "v1")
     with pytest.raises(ConfigError, match="unknown model"):
         load_torch_model(bare, "v9")
     with pytest.raises(ModelError, match="not found"):

@@ -12,7 +12,7 @@ A model is wrapped in a :class:`Runner`: a callable from an input blob ``(1, 3, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,48 +84,11 @@ def torch_runner(model: Any, name: str = "torch") -> Runner:
 
 
 def load_torch_model(path: str | Path, arch: str | None = None) -> tuple[Any, str]:
-    """A ``.pth``/``.pt`` file -> (model in eval mode, arch).
+    """A ``.pth``/``.pt`` file -> (model in eval mode, arch): :func:`trainer.models.files.load_model`
+    (the file says which network it holds; ``arch`` names the network of a bare Nano-B state dict)."""
+    from trainer.models.files import load_model
 
-    Accepts a checkpoint ``{"arch": ..., "config": {...}, "model": state_dict}`` or a bare state dict
-    (then ``arch`` names the network); profiler keys and a DataParallel ``module.`` prefix are dropped.
-    Loading is ``strict``.
-    """
-    import torch
-
-    from trainer.layers.state import drop_profiler_keys, load_state_strict
-    from trainer.models import build_model
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # damaged files surface as pickle, zip or runtime errors
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cannot read model file {path}: {reason}") from exc
-    config: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and obj.get("arch") == "nano_b" and "spec" in obj:
-        # A pipeline student file: possibly pruned, so its widths come from the saved spec.
-        from trainer.pipeline.loop import load_student
-
-        return load_student(path)[0].eval(), "nano_b"
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        arch = arch or obj.get("arch")
-        config = dict(obj.get("config") or {})
-        state = obj["model"]
-    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        state = obj["state_dict"]
-    else:
-        state = obj
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"model file {path} holds no state_dict of tensors")
-    if not arch:
-        raise ModelError(f"{path} does not name its network; pass --arch (e.g. v1)")
-    arch = str(arch).replace("-", "_")
-    state = {k.removeprefix("module."): v for k, v in drop_profiler_keys(state).items()}
-    model = build_model(arch, **config)
-    load_state_strict(model, state, str(path))
-    return model.eval(), arch
+    return load_model(path, arch)
 
 
 # ----------------------------------------------------------------------------- ONNX
