@@ -278,8 +278,12 @@ def test_pseudo_labels_from_a_real_onnx_teacher_feed_the_dataset(tmp_path: Path)
     folder.mkdir()
     for name in ("1.jpg", "10.jpg"):
         (folder / name).write_bytes((photos / name).read_bytes())
+    from trainer.eval.predict import pseudo_teacher
+
     cfg = DataConfig(pseudo_images=str(folder), pseudo_teacher=str(teacher), pseudo_scale=320, img_dim=128)
-    ds = build_dataset(cfg)
+    with pytest.raises(DatasetError, match="data.pseudo_teacher"):
+        build_dataset(cfg)  # the data layer runs no model itself: the caller hands it the teacher
+    ds = build_dataset(cfg, detect=pseudo_teacher(cfg))
     assert len(ds) == 2
     image, target = ds[0]
     assert image.shape == (3, 128, 128) and len(target) >= 1

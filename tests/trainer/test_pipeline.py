@@ -12,9 +12,10 @@ import torch
 from edge.anchors import prior_boxes
 from edge.errors import ConfigError
 from tests.shared_paths import need_shared
+from trainer.models.files import load_student, save_student
 from trainer.models.nano_b import NanoB
 from trainer.pipeline.data import event_number, split_wider
-from trainer.pipeline.loop import load_student, recalibrate_bn, save_student
+from trainer.pipeline.loop import recalibrate_bn
 from trainer.pipeline.recipe import load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "trainer" / "configs"

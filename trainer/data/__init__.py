@@ -12,7 +12,7 @@ from trainer.data.dataset import (
     collate,
 )
 from trainer.data.labels import FaceSample, read_label_txt, write_label_txt
-from trainer.data.pseudo import list_images, pseudo_label, runner_detect, teacher_detect
+from trainer.data.pseudo import list_images, pseudo_label
 from trainer.data.wider import read_wider, read_wider_bbx_txt, read_wider_mat
 
 __all__ = [
@@ -31,7 +31,5 @@ __all__ = [
     "read_wider",
     "read_wider_bbx_txt",
     "read_wider_mat",
-    "runner_detect",
-    "teacher_detect",
     "write_label_txt",
 ]

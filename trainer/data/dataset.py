@@ -23,7 +23,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from edge.errors import DatasetError
 from trainer.data.augment import CROP_SCALES, EvalTransform, TrainTransform
 from trainer.data.labels import FaceSample, read_label_txt
-from trainer.data.pseudo import Detect, list_images, pseudo_label, teacher_detect
+from trainer.data.pseudo import Detect, list_images, pseudo_label
 from trainer.data.synthetic import load_face_crops, load_photos, make_scene
 from trainer.data.wider import read_wider
 
@@ -178,9 +178,7 @@ def build_dataset(
     if cfg.wider_root:
         parts.append(FaceDataset(read_wider(cfg.wider_root), transform, seed))
     if cfg.pseudo_images:
-        if detect is None and cfg.pseudo_teacher:
-            detect = teacher_detect(cfg.pseudo_teacher, cfg.pseudo_scale)
-        if detect is None:
+        if detect is None:  # the caller turns data.pseudo_teacher into one (eval.predict.pseudo_teacher)
             raise DatasetError("data.pseudo_images is set but neither data.pseudo_teacher nor `detect` is")
         samples = pseudo_label(list_images(cfg.pseudo_images), detect, cfg.pseudo_score)
         parts.append(FaceDataset(samples, transform, seed))

@@ -74,25 +74,3 @@ def pseudo_label(
             f"the teacher found no face with score >= {score_threshold} in {len(images)} images"
         )
     return samples
-
-
-def runner_detect(
-    runner: object, scale: int | None = 640, conf_threshold: float = 0.02, nms_threshold: float = 0.4
-) -> Detect:
-    """Adapt an evaluation runner (:func:`trainer.eval.predict.load_runner`: a ``.pth`` V1 / Nano-B
-    checkpoint or an ``.onnx`` file) to the ``detect`` callable; ``scale`` resizes the longer side."""
-    from trainer.eval.predict import detect
-
-    def fn(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        d = detect(runner, image_bgr, scale, conf_threshold, nms_threshold)  # type: ignore[arg-type]
-        ldm = d[:, 5 : 5 + 2 * NUM_LANDMARKS] if d.shape[1] >= 5 + 2 * NUM_LANDMARKS else None
-        return d[:, :4], d[:, 4], ldm
-
-    return fn
-
-
-def teacher_detect(path: str | Path, scale: int | None = 640) -> Detect:
-    """The ``detect`` callable of a teacher model file (``.pth`` checkpoint or ``.onnx``)."""
-    from trainer.eval.predict import load_runner
-
-    return runner_detect(load_runner(path), scale)

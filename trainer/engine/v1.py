@@ -20,6 +20,7 @@ from trainer.engine.ddp import cleanup, init_distributed
 from trainer.engine.fit import FitResult, RunConfig, fit
 from trainer.engine.loop import multibox_step
 from trainer.engine.optim import OptimConfig
+from trainer.eval.predict import pseudo_teacher
 from trainer.loss.multibox import LossConfig, MultiBoxLoss
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def train_v1(cfg: V1Config, resume: bool | str | Path = False) -> FitResult:
     info = init_distributed(cfg.run.device)
     try:
         seed_everything(cfg.run.seed)
-        dataset = build_dataset(cfg.data, seed=cfg.run.seed)
+        dataset = build_dataset(cfg.data, seed=cfg.run.seed, detect=pseudo_teacher(cfg.data))
         model = build_v1_model(cfg.model)
         priors = torch.from_numpy(prior_boxes(cfg.data.img_dim, cfg.data.img_dim))
         loss_fn = MultiBoxLoss(priors, cfg.loss).to(info.device)

@@ -23,7 +23,11 @@ import numpy as np
 from edge.anchors import decode_boxes, decode_landmarks, nms, prior_boxes
 from edge.contract import METADATA_KEY, InputSpec, ModelMeta, PriorSpec
 from edge.errors import ConfigError, DatasetError, ModelError
-from trainer.eval.widerface import Predictions, WiderGroundTruth
+from trainer.data.dataset import DataConfig
+from trainer.data.labels import NUM_LANDMARKS
+from trainer.data.pseudo import Detect
+from trainer.data.wider import WiderGroundTruth
+from trainer.eval.widerface import Predictions
 
 CONF_THRESHOLD = 0.02
 NMS_THRESHOLD = 0.4
@@ -262,3 +266,30 @@ def predict_wider(
             raise DatasetError(f"WIDER val image missing: {path}")
         preds[(img.event, img.name)] = to_wider(detect(runner, read_image(path), scale))
     return preds
+
+
+def runner_detect(
+    runner: object, scale: int | None = 640, conf_threshold: float = 0.02, nms_threshold: float = 0.4
+) -> Detect:
+    """Adapt an evaluation runner (:func:`trainer.eval.predict.load_runner`: a ``.pth`` V1 / Nano-B
+    checkpoint or an ``.onnx`` file) to the ``detect`` callable; ``scale`` resizes the longer side."""
+
+    def fn(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        d = detect(runner, image_bgr, scale, conf_threshold, nms_threshold)  # type: ignore[arg-type]
+        ldm = d[:, 5 : 5 + 2 * NUM_LANDMARKS] if d.shape[1] >= 5 + 2 * NUM_LANDMARKS else None
+        return d[:, :4], d[:, 4], ldm
+
+    return fn
+
+
+def teacher_detect(path: str | Path, scale: int | None = 640) -> Detect:
+    """The ``detect`` callable of a teacher model file (``.pth`` checkpoint or ``.onnx``)."""
+    return runner_detect(load_runner(path), scale)
+
+
+def pseudo_teacher(cfg: DataConfig) -> Detect | None:
+    """The teacher a data config names for its ``pseudo_images`` (``data.pseudo_teacher``), as the
+    ``detect`` callable :func:`trainer.data.dataset.build_dataset` takes; None when it names none."""
+    if not (cfg.pseudo_images and cfg.pseudo_teacher):
+        return None
+    return teacher_detect(cfg.pseudo_teacher, cfg.pseudo_scale)

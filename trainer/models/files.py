@@ -7,8 +7,8 @@ holds decides the network, never its name:
   :class:`trainer.engine.Checkpointer`): its ``config`` is the run's config, whose ``[model]`` table
   names the variant and its options (``deformable`` for V1);
 - a model checkpoint ``{"arch", "config", "model"}``: ``arch`` and the builder options in ``config``;
-- a Nano-B student (``student.pt``, ``trainer.pipeline.loop.save_student``): ``arch``, ``config`` and
-  the pruning ``spec``;
+- a Nano-B student (``student.pt``, :func:`save_student`, written by every pipeline phase): ``arch``,
+  ``config`` and the pruning ``spec``;
 - a bare state dict (the official V1 ``.pth``, ``fit``'s ``model_final.pth``): its keys. V1 is the
   network with ``bacbkbone_0_cbam.*`` keys, deformable when it has ``offset_conv`` keys.
 
@@ -29,6 +29,7 @@ from torch import nn
 
 from edge.errors import ModelError
 from trainer.layers.state import drop_profiler_keys, load_state_strict
+from trainer.models.nano_b import NanoB, NanoBConfig, nano_b_from_state
 from trainer.models.registry import build_model
 
 TRAINING_CHECKPOINT = "featherface-train-state/1"  # trainer.engine.checkpoint.CHECKPOINT_FORMAT
@@ -107,6 +108,58 @@ def describe(
     return name, options, state
 
 
+def save_student(path: str | Path, model: NanoB, spec: dict | None, extra: dict | None = None) -> Path:
+    """A Nano-B student: weights + builder config + pruning spec in one file (``weights_only``-loadable,
+    no pickled modules), written atomically."""
+    from trainer.config import to_dict
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "arch": "nano_b",
+        "config": to_dict(model.cfg),
+        "spec": spec,
+        "state_dict": model.state_dict(),
+        **(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_kd_state(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The KD loss's learned weights saved with a student (None in files written before they were)."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    state = blob.get("kd_state") if isinstance(blob, dict) else None
+    return dict(state) if state else None
+
+
+def load_student(path: str | Path) -> tuple[NanoB, dict | None]:
+    """Inverse of :func:`save_student`: ``(model in eval mode, spec)``; ModelError when it does not fit.
+
+    The pruned widths are read off the saved tensors (:func:`~trainer.models.nano_b.nano_b_from_state`,
+    the one way a pruned network is rebuilt); the spec rides along as the record of how it was pruned.
+    """
+    from trainer.config import from_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"Nano-B file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"cannot read Nano-B file {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(blob, dict) or blob.get("arch") != "nano_b":
+        raise ModelError(f"{path} is not a Nano-B file (no arch 'nano_b')")
+    cfg = from_dict(NanoBConfig, blob["config"], source=str(path), table="config")
+    try:
+        model = nano_b_from_state(cfg, blob["state_dict"])
+    except ModelError as exc:
+        raise ModelError(f"{path}: weights do not fit the recorded architecture: {exc}") from None
+    return model.eval(), blob.get("spec")
+
+
 def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, str]:
     """A ``.pth`` / ``.pt`` file the trainer wrote (or the official V1) -> ``(model in eval mode, arch)``.
 
@@ -116,9 +169,7 @@ def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, st
     obj = read_file(path)
     if isinstance(obj, Mapping) and obj.get("arch") == "nano_b" and "spec" in obj:
         _agree(path, "nano_b", arch)
-        # A pipeline student, possibly pruned: its widths come from the saved spec.
-        from trainer.pipeline.loop import load_student
-
+        # A pipeline student, possibly pruned: its widths come from its saved tensors.
         return load_student(path)[0].eval(), "nano_b"
     name, options, state = describe(obj, path, arch)
     model = build_model(name, **options)
@@ -126,4 +177,4 @@ def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, st
     return model.eval(), name
 
 
-__all__ = ["describe", "load_model", "read_file"]
+__all__ = ["describe", "load_kd_state", "load_model", "load_student", "read_file", "save_student"]

@@ -27,7 +27,7 @@ from edge.errors import DatasetError
 from trainer.data.augment import EvalTransform, TrainTransform
 from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset, endless_batches
 from trainer.data.labels import FaceSample, read_label_txt
-from trainer.data.pseudo import Detect, list_images, runner_detect
+from trainer.data.pseudo import Detect, list_images
 from trainer.data.wider import (
     WiderGroundTruth,
     event_number,
@@ -159,7 +159,7 @@ def _training_images(train_wider: list[FaceSample], cfg: object) -> list[Path]:
 
 def teacher_detector(teacher: torch.nn.Module, scale: int = 640) -> Detect:
     """The teacher as a pseudo-labelling ``detect(image) -> (boxes_px, scores, landmarks_px)``."""
-    from trainer.eval.predict import torch_runner
+    from trainer.eval.predict import runner_detect, torch_runner
 
     return runner_detect(torch_runner(teacher, "teacher"), scale)
 

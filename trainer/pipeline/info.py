@@ -22,7 +22,7 @@ def build_for_info(
     ``nano-b`` is the same name, as the other commands spell it."""
     arch = arch.replace("-", "_")
     if weights is not None:
-        from trainer.pipeline.loop import load_student
+        from trainer.models.files import load_student
 
         return load_student(weights)[0]
     if arch == "nano_b" and config is not None:

@@ -7,19 +7,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from edge.anchors import prior_boxes
-from edge.errors import ModelError
 from trainer.data.dataset import build_loader
 from trainer.engine.loop import StepFn
 from trainer.loss.distill import DistillLoss
 from trainer.loss.multibox import MultiBoxLoss
-from trainer.models.nano_b import NanoB, NanoBConfig
 from trainer.pipeline.data import PipelineData
 
 Batch = tuple[torch.Tensor, list[torch.Tensor]]
@@ -117,63 +114,3 @@ def validation_ap(
 
 
 # --- student files ------------------------------------------------------------------------------------
-
-
-def save_student(path: str | Path, model: NanoB, spec: dict | None, extra: dict | None = None) -> Path:
-    """Weights + architecture + pruning spec in one file (``weights_only``-loadable, no pickled modules)."""
-    from trainer.config import to_dict
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {
-        "arch": "nano_b",
-        "config": to_dict(model.cfg),
-        "spec": spec,
-        "state_dict": model.state_dict(),
-        **(extra or {}),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_kd_state(path: str | Path) -> dict[str, torch.Tensor] | None:
-    """The KD loss's learned weights saved with a student (None in files written before they were)."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    state = blob.get("kd_state") if isinstance(blob, dict) else None
-    return dict(state) if state else None
-
-
-def build_student(cfg: NanoBConfig, spec: dict | None) -> NanoB:
-    """A Nano-B of ``cfg``, physically pruned to ``spec`` when one is given (weights not loaded)."""
-    model = NanoB(cfg)
-    if spec:
-        from trainer.prune.surgery import apply_spec
-
-        apply_spec(model, spec)
-    return model
-
-
-def load_student(path: str | Path) -> tuple[NanoB, dict | None]:
-    """Inverse of :func:`save_student`: ``(model in eval mode, spec)``; ModelError when it does not fit."""
-    from trainer.config import from_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"Nano-B file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"cannot read Nano-B file {path}: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(blob, dict) or blob.get("arch") != "nano_b":
-        raise ModelError(f"{path} is not a Nano-B file (no arch 'nano_b')")
-    cfg = from_dict(NanoBConfig, blob["config"], source=str(path), table="config")
-    model = build_student(cfg, blob.get("spec"))
-    try:
-        model.load_state_dict(blob["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"{path}: weights do not fit the recorded architecture: {str(exc).splitlines()[0]}"
-        ) from exc
-    return model.eval(), blob.get("spec")

@@ -19,18 +19,11 @@ from typing import Any
 
 import torch
 
+from trainer.models.files import load_kd_state, load_student, save_student
 from trainer.models.init_from_teacher import init_backbone_imagenet, init_from_teacher
 from trainer.models.nano_b import NanoB
 from trainer.pipeline.data import batch_stream
-from trainer.pipeline.loop import (
-    load_kd_state,
-    load_student,
-    make_losses,
-    recalibrate_bn,
-    save_student,
-    validation_ap,
-    validation_loss,
-)
+from trainer.pipeline.loop import make_losses, recalibrate_bn, validation_ap, validation_loss
 from trainer.pipeline.train import PhaseContext, train_steps
 from trainer.prune.groups import model_groups
 from trainer.prune.latency import onnx_latency_ms
