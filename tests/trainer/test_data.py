@@ -281,7 +281,7 @@ def test_pseudo_labels_from_a_real_onnx_teacher_feed_the_dataset(tmp_path: Path)
     from trainer.eval.predict import pseudo_teacher
 
     cfg = DataConfig(pseudo_images=str(folder), pseudo_teacher=str(teacher), pseudo_scale=320, img_dim=128)
-    with pytest.raises(DatasetError, match="data.pseudo_teacher"):
+    with pytest.raises(DatasetError, match=r"data\.pseudo_teacher"):
         build_dataset(cfg)  # the data layer runs no model itself: the caller hands it the teacher
     ds = build_dataset(cfg, detect=pseudo_teacher(cfg))
     assert len(ds) == 2

@@ -23,7 +23,7 @@ from trainer.models.v1 import FeatherFaceV1
 @pytest.fixture(scope="module")
 def plain_v1_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A V1 with ``deformable = false`` trained for two steps by ``train_v1``: its run folder holds
-    ``last.pt`` (training checkpoint) and ``model_final.pth`` (bare state dict)."""
+    ``last.pt`` (training checkpoint) and ``model_final.pth`` (model checkpoint)."""
     root = tmp_path_factory.mktemp("v1run")
     label = make_images(root / "data", 4)
     cfg = load_v1_config(DEFAULT_V1_CONFIG, label, root / "out")
@@ -51,6 +51,13 @@ def test_checkpoint_and_final_weights_load_as_the_plain_v1_they_hold(plain_v1_ru
     with torch.no_grad():
         for a, b in zip(from_ckpt(x), from_final(x), strict=True):
             assert torch.equal(a, b)
+    # model_final.pth says what it is; a bare state dict (older runs) still loads by its keys.
+    final = torch.load(plain_v1_run / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["arch"] == "v1" and final["config"]["deformable"] is False
+    assert final["provenance"]["step"] == 2
+    torch.save(final["model"], plain_v1_run / "bare.pth")
+    bare, arch_bare = load_model(plain_v1_run / "bare.pth")
+    assert arch_bare == "v1" and not bare.deformable
     # --arch may repeat what the file says, not contradict it.
     assert load_model(plain_v1_run / "last.pt", "v1")[1] == "v1"
     with pytest.raises(ModelError, match="holds a v1 network, not nano_b"):

@@ -27,6 +27,7 @@ from trainer.engine.log import JsonlLogger
 from trainer.engine.loop import StepFn, TrainState, train_epoch
 from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
+from trainer.models.files import save_model
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class RunConfig:
 class FitResult:
     state: TrainState
     out_dir: Path
-    final_weights: Path | None  # plain state_dict of the trained model (rank 0)
+    final_weights: Path | None  # the trained model as a self-describing model checkpoint (rank 0)
 
 
 def fit(
@@ -188,8 +189,12 @@ def fit(
     if info.is_main:
         if logger is not None:
             plot_losses(logger.rows(), out / "loss_curves.png")
-        final = out / "model_final.pth"
-        torch.save(unwrap(model).state_dict(), final)
+        final = save_model(
+            out / "model_final.pth",
+            unwrap(model).state_dict(),
+            config,
+            {"run": str(out), "step": state.step, "epoch": state.epoch},
+        )
     barrier(info)
     return FitResult(state, out, final)
 

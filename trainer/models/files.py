@@ -9,7 +9,8 @@ holds decides the network, never its name:
 - a model checkpoint ``{"arch", "config", "model"}``: ``arch`` and the builder options in ``config``;
 - a Nano-B student (``student.pt``, :func:`save_student`, written by every pipeline phase): ``arch``,
   ``config`` and the pruning ``spec``;
-- a bare state dict (the official V1 ``.pth``, ``fit``'s ``model_final.pth``): its keys. V1 is the
+- a model checkpoint (``model_final.pth``, :func:`save_model`, what V1 training ends with): the same;
+- a bare state dict (the official V1 ``.pth``, a ``model_final.pth`` of older runs): its keys. V1 is the
   network with ``bacbkbone_0_cbam.*`` keys, deformable when it has ``offset_conv`` keys.
 
 ``arch`` (``--arch``) is needed only for a bare state dict whose keys name no known network (a Nano-B
@@ -160,6 +161,29 @@ def load_student(path: str | Path) -> tuple[NanoB, dict | None]:
     return model.eval(), blob.get("spec")
 
 
+def save_model(
+    path: str | Path,
+    state: Mapping[str, torch.Tensor],
+    run_config: Mapping[str, Any] | None,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """A trained network as a model checkpoint ``{"arch", "config", "model", "provenance"}``: the
+    variant and builder options from the run config's ``[model]`` table, so :func:`load_model` needs
+    no ``--arch``; written atomically."""
+    table = dict((run_config or {}).get("model") or {})
+    blob = {
+        "arch": table.get("name"),
+        "config": {k: v for k, v in table.items() if k not in _INIT_ONLY},
+        "model": dict(state),
+        "provenance": dict(provenance or {}),
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
 def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, str]:
     """A ``.pth`` / ``.pt`` file the trainer wrote (or the official V1) -> ``(model in eval mode, arch)``.
 
@@ -177,4 +201,12 @@ def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, st
     return model.eval(), name
 
 
-__all__ = ["describe", "load_kd_state", "load_model", "load_student", "read_file", "save_student"]
+__all__ = [
+    "describe",
+    "load_kd_state",
+    "load_model",
+    "load_student",
+    "read_file",
+    "save_model",
+    "save_student",
+]
