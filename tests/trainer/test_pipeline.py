@@ -207,6 +207,26 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     )
     np.testing.assert_allclose(got[0], loc.numpy(), rtol=1e-3, atol=1e-3)
 
+    # Every student file the pipeline wrote goes through the trainer's own export (ONNX and OpenVINO,
+    # each verified at two sizes before it is kept) and then runs on the edge at two frame sizes.
+    from typer.testing import CliRunner
+
+    from edge.detector import load_detector
+    from trainer.cli import app
+
+    frames = [
+        np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8) for w, h in ((96, 64), (130, 90))
+    ]
+    for phase in ("phase1", "phase2", "phase3"):
+        dest = tmp_path / "export" / phase
+        args = ["export", str(out / phase / "student.pt"), "--format", "onnx,openvino", "--out", str(dest)]
+        result = CliRunner().invoke(app, [*args, "--size", "96x64"])
+        assert result.exit_code == 0, result.output
+        for model_file in (dest / "nano-b.onnx", dest / "nano-b.xml"):
+            backend = "openvino" if model_file.suffix == ".xml" else "onnxruntime"
+            det = load_detector(model_file, backend=backend, threads=1)
+            assert all(isinstance(det.detect(f), list) for f in frames)
+
     # Resuming a finished run does no work and returns the same files.
     again = run_nano_b(recipe, resume=True)
     assert again["files"] == summary["files"]
