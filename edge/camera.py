@@ -61,6 +61,9 @@ class SourceConfig:
     height: int = 720
     fps: float = 0.0
     loop: bool = False
+    # images: false = unrelated photos, each its own scene (no tracking across them); true = a frame
+    # sequence (a video saved as images), tracked like a camera.
+    sequence: bool = False
     live: bool = False
     frames: int = 0  # synthetic: how many frames before ending (0 = endless)
     stream: str = "main"

@@ -14,6 +14,7 @@ so the pings, and systemd restarts the service.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -179,7 +180,14 @@ class Daemon:
         self.source: FrameSource | None = None
         from edge.tracker import Tracker
 
-        self.tracker = Tracker.from_config(config.tracker)
+        tc = config.tracker
+        # A folder of unrelated photos: each photo is a scene of its own, so every face in it is a
+        # track that starts and ends there (min_hits 1, flushed after the photo) instead of a track
+        # "moving" from one stranger's face to the next photo's.
+        self._photos = config.source.type == "images" and not config.source.sequence
+        if self._photos:
+            tc = dataclasses.replace(tc, min_hits=1)
+        self.tracker = Tracker.from_config(tc)
         self._faces = -1
         self._last_frame = (0, 1, 1)  # frame_id, width, height of the latest processed frame
 
@@ -280,6 +288,8 @@ class Daemon:
         detections = self.detector.detect(frame.image)
         self.metrics.frame((time.perf_counter() - t0) * 1e3)
         events = self.tracker.update(detections, frame.ts)
+        if self._photos:
+            events += self.tracker.flush(frame.ts)
         self._last_frame = (frame.frame_id, frame.width, frame.height)
         self._emit(events, frame.frame_id, frame.width, frame.height, ts=frame.ts, image=frame.image)
         return events

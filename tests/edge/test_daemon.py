@@ -319,3 +319,39 @@ def test_opencv_warnings_stay_out_of_the_daemon_log(tiny_onnx: Path, tmp_path: P
     assert proc.returncode == 0, err
     assert "camera" in err and "offline" in err  # the daemon's own report of the outage
     assert "[ WARN" not in err, err
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_folder_of_photos_is_not_tracked_across_photos(
+    sequence: bool, mqtt_broker: EmbeddedBroker, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """Issue 16: a folder source ran the tracker across unrelated photos. Photos (the default) give
+    each face its own start and end; a frame sequence (``sequence = true``) is tracked as before."""
+    from tests.edge.conftest import bright_squares
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, squares in enumerate([[(20, 20, 40)], [(30, 25, 40), (150, 80, 48)], [(150, 80, 48)]]):
+        cv2.imwrite(str(folder / f"{i}.png"), bright_squares(squares))
+    source = {"type": "images", "path": str(folder), "sequence": sequence, "fps": 20.0}
+    cfg = daemon_config(tmp_path, mqtt_broker, tiny_onnx, source=source, mqtt={"snapshot": False})
+    consumer = Consumer(mqtt_broker.host, mqtt_broker.port, (f"{cfg.mqtt.prefix}/+/+/event",))
+    try:
+        assert Daemon(cfg).run() == 0
+        assert consumer.wait_for(lambda c: c.on("/event") and c.on("/event")[-1].json()["type"] == "end", 10)
+    finally:
+        consumer.close()
+    events = [m.json() for m in consumer.on("/event")]
+    by_frame: dict[int, list[tuple[str, int]]] = {}
+    for e in events:
+        by_frame.setdefault(e["frame_id"], []).append((e["type"], e["faces"][0]["track_id"]))
+    if not sequence:  # every face starts and ends on its own photo; no track reaches another photo
+        assert sorted(by_frame) == [1, 2, 3]
+        seen: set[int] = set()
+        for frame_events in by_frame.values():
+            starts = {t for kind, t in frame_events if kind == "start"}
+            assert starts and starts == {t for kind, t in frame_events if kind == "end"}
+            assert not starts & seen
+            seen |= starts
+    else:  # tracked: min_hits 2, so nothing starts on the first photo, and a track spans photos
+        assert 1 not in by_frame and any(kind == "start" for kind, _ in by_frame.get(2, []))
