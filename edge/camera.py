@@ -33,25 +33,23 @@ from edge.tables import build_table
 
 log = logging.getLogger(__name__)
 
-# What [source] type may name; edge.reconnect.SOURCE_TYPES maps each to its class.
-SOURCE_TYPE_NAMES = ("picamera2", "opencv", "url", "video", "images", "synthetic")
+SOURCE_TYPE_NAMES = ("picamera2", "opencv", "url", "video", "images", "synthetic")  # reconnect.SOURCE_TYPES
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 StatusCallback = Callable[[str, str], None]  # (state "online" | "offline", reason)
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """The ``[source]`` table.
+    """The ``[source]`` table (times in seconds).
 
     ``path``: device index or ``/dev/videoN`` (opencv), camera number (picamera2), URL (url), file
-    (video), folder (images), optional background image (synthetic). ``width``/``height``/``fps``
-    are requested from cameras and used by synthetic; ``fps`` also paces video/images/synthetic
-    (0 = as fast as they are read). Times in seconds. ``stream`` picks the picamera2 stream the
-    detector sees: ``main`` (RGB888 at width x height) or ``lores`` (YUV420 at lores size, cheaper).
-    ``read_timeout_s`` is the per-read wait for callers without their own (``bench``; the daemon
-    uses ``[daemon] read_timeout_s``). ``live`` makes a video, folder or synthetic source behave like a
-    camera: frames arrive at ``fps`` whether or not anyone reads them, and only the newest is kept
-    (cameras are always live).
+    (video), folder (images), optional background image (synthetic). ``width``/``height``/``fps`` are
+    requested from cameras and used by synthetic; ``fps`` also paces video/images/synthetic (0 = as
+    fast as they are read). ``stream``: the picamera2 stream the detector sees, ``main`` (RGB888 at
+    width x height) or ``lores`` (YUV420 at lores size). ``read_timeout_s`` bounds each read (the
+    daemon's loop turns at least that often). ``live`` makes a video, folder or synthetic source a
+    stand-in camera (frames at ``fps`` whether read or not, newest kept). ``sequence`` (images): false
+    = unrelated photos, each its own scene; true = a frame sequence, tracked like a camera.
     """
 
     type: str = "opencv"
@@ -61,8 +59,6 @@ class SourceConfig:
     height: int = 720
     fps: float = 0.0
     loop: bool = False
-    # images: false = unrelated photos, each its own scene (no tracking across them); true = a frame
-    # sequence (a video saved as images), tracked like a camera.
     sequence: bool = False
     live: bool = False
     frames: int = 0  # synthetic: how many frames before ending (0 = endless)
