@@ -142,7 +142,9 @@ class OnnxRuntimeBackend:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ModelError("onnxruntime is not installed (pip install 'featherface[edge]')") from None
+            raise ModelError(
+                "onnxruntime is not installed (pip install onnxruntime, or FeatherFace's edge extra)"
+            ) from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(0, int(threads))
         # One frame at a time through a small graph: inter-op parallelism only adds thread hand-offs.
@@ -203,7 +205,9 @@ class OpenVinoBackend:
         try:
             import openvino as ov
         except ImportError:
-            raise ModelError("openvino is not installed (pip install 'featherface[openvino]')") from None
+            raise ModelError(
+                "openvino is not installed (pip install openvino, or FeatherFace's openvino extra)"
+            ) from None
         core = ov.Core()
         # f32 explicitly: OpenVINO otherwise runs FP32 models in bfloat16 on CPUs with AMX/AVX512-BF16
         # and in f16 on ARMv8.2+, which moves scores and boxes away from what was evaluated.

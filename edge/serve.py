@@ -330,7 +330,8 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> i
         import uvicorn
     except ImportError:
         raise ConfigError(
-            "featherface-edge serve needs the http extra: pip install 'featherface[http]'"
+            "featherface-edge serve needs the http extra: pip install starlette uvicorn python-multipart, "
+            "or reinstall FeatherFace with [edge,http] (README, Install)"
         ) from None
     http = config.http
     host = http.host if host is None else host
