@@ -279,7 +279,9 @@ def apply_env(
             )
         hints = typing.get_type_hints(tables[table])
         value: Any = raw if hints.get(key) in (str, Secret, Path) else _env_value(raw)
-        out.setdefault(table, {})[key] = value
+        if not isinstance(out.setdefault(table, {}), dict):
+            raise ConfigError(f"[{table}] must be a table (environment variable {name} sets a key in it)")
+        out[table][key] = value
         sources.setdefault(table, {})[key] = name
     return out
 
@@ -293,9 +295,11 @@ def _read_password(mqtt: MqttConfig, origin: str, environ: dict[str, str]) -> Mq
         candidates = [cred] if cred.is_file() else []
     for path in candidates:
         try:
-            secret = path.read_text().strip()
+            secret = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"{origin}: [mqtt] password_file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{origin}: [mqtt] password_file {path} is not UTF-8 text") from None
         return dataclasses.replace(mqtt, password=Secret(secret), password_file="")
     return mqtt
 

@@ -171,7 +171,12 @@ class Daemon:
         )
         self.publisher: Publisher = (
             MqttPublisher(
-                config.mqtt, config.device.id, config.device.camera, self.spool, config.homeassistant
+                config.mqtt,
+                config.device.id,
+                config.device.camera,
+                self.spool,
+                config.homeassistant,
+                snapshots=config.mqtt.snapshot and config.daemon.snapshot_on == "start",
             )
             if config.mqtt.enabled
             else NullPublisher()
@@ -250,7 +255,24 @@ class Daemon:
             desc,
             self.builder.run_id,
         )
+        self._check_watchdog_bound()
         self.notifier.ready(f"running {desc}")
+
+    def _check_watchdog_bound(self) -> None:
+        """Warn when one turn of the loop may outlast the watchdog: the turn that reopens a camera waits
+        up to read_timeout_s, opens for up to open_timeout_s, then reads for up to read_timeout_s, and
+        pings go out at most every half period, so such a turn must stay under half of WatchdogSec."""
+        half = self.notifier.watchdog_period_s / 2
+        sc = self.config.source
+        turn = sc.open_timeout_s + 2 * sc.read_timeout_s
+        if half and turn >= half:
+            log.warning(
+                "[source] open_timeout_s + 2 x read_timeout_s = %.1f s is not under half the watchdog "
+                "period (%.1f s): a camera reopen could get the service killed; lower them or raise "
+                "WatchdogSec",
+                turn,
+                half,
+            )
 
     def _on_source_status(self, state: str, reason: str) -> None:
         if state == "offline" and self._offline_since is None:
@@ -334,6 +356,7 @@ class Daemon:
     def _stats(self) -> dict[str, Any]:
         depth = self.publisher.depth()
         dropped = int(getattr(self.source, "dropped_frames", 0) or 0)
+        since = self._offline_since  # read once: the frame loop may clear it meanwhile
         return self.builder.stats(
             {
                 **self.metrics.snapshot(),
@@ -342,9 +365,7 @@ class Daemon:
                 "spool_dropped": depth["spool_dropped"],
                 "dropped_frames": dropped,
                 "source_status": self.source_status,
-                "source_offline_s": round(time.monotonic() - self._offline_since, 1)
-                if self._offline_since is not None
-                else 0.0,
+                "source_offline_s": round(time.monotonic() - since, 1) if since is not None else 0.0,
                 "source_outages": self.source_outages,
                 "cpu_temp_c": cpu_temperature_c(),
             }

@@ -24,7 +24,8 @@ def discovery_messages(
     discovery_prefix: str, topic_prefix: str, device_id: str, camera: str, snapshot: bool = False
 ) -> list[tuple[str, str]]:
     """``(topic, JSON payload)`` pairs to publish retained; the same input always gives the same output.
-    With ``snapshot`` (``mqtt.snapshot = true``) a camera entity shows the last face's picture."""
+    With ``snapshot`` (pictures on) a camera entity shows the last face's picture; without, an empty
+    payload for its topic removes one a previous run advertised."""
     base = f"{topic_prefix}/{device_id}"
     device = {
         "identifiers": [f"featherface_{device_id}"],
@@ -63,12 +64,15 @@ def discovery_messages(
         (f"{discovery_prefix}/sensor/{uid}/faces/config", json.dumps(sensor, sort_keys=True)),
         (f"{discovery_prefix}/binary_sensor/{uid}/present/config", json.dumps(present, sort_keys=True)),
     ]
+    camera_topic = f"{discovery_prefix}/camera/{uid}/last_face/config"
     if snapshot:
         picture = {k: v for k, v in common.items() if k != "state_topic"}  # a camera reads `topic`
         picture.update(
             name=f"{camera} last face", unique_id=f"{uid}_last_face", topic=f"{base}/{camera}/snapshot"
         )
-        out.append((f"{discovery_prefix}/camera/{uid}/last_face/config", json.dumps(picture, sort_keys=True)))
+        out.append((camera_topic, json.dumps(picture, sort_keys=True)))
+    else:  # an empty retained config removes the entity a run with snapshots on left behind
+        out.append((camera_topic, ""))
     return out
 
 

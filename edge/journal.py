@@ -21,6 +21,7 @@ only the worker opens, syncs and closes files, and the lock is never held across
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -134,7 +135,8 @@ class Journal:
                 self.errors.note("write failed", str(exc.strerror or exc))
                 return None
             if written != len(line):  # disk full mid-line: cut it off so the next line starts clean
-                os.ftruncate(self._fd, self._size)
+                with contextlib.suppress(OSError):  # the frame loop must never see this fail
+                    os.ftruncate(self._fd, self._size)
                 self.errors.note("write failed", "short write (disk full?)")
                 return None
             self._size += written

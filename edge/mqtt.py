@@ -125,8 +125,12 @@ class MqttPublisher:
         camera: str,
         spool: Spool,
         homeassistant: HomeAssistantConfig | None = None,
+        snapshots: bool | None = None,
     ) -> None:
         self.cfg, self.device_id, self.camera, self.spool = cfg, device_id, camera, spool
+        # Whether pictures will come (mqtt.snapshot and the daemon's snapshot_on): the HA camera entity
+        # is advertised only then, and removed otherwise.
+        self.snapshots = cfg.snapshot if snapshots is None else snapshots
         self.ha = homeassistant if homeassistant and homeassistant.enabled else None
         base = f"{cfg.prefix}/{device_id}"
         self.status_topic = f"{base}/status"
@@ -342,7 +346,7 @@ class MqttPublisher:
     def _publish_discovery(self, client: paho.Client) -> None:
         if self.ha:
             for topic, payload in ha.discovery_messages(
-                self.ha.discovery_prefix, self.cfg.prefix, self.device_id, self.camera, self.cfg.snapshot
+                self.ha.discovery_prefix, self.cfg.prefix, self.device_id, self.camera, self.snapshots
             ):
                 client.publish(topic, payload, qos=1, retain=True)
 

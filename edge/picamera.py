@@ -33,14 +33,18 @@ class Picamera2Source(ThreadedSource):
         except (IndexError, RuntimeError) as exc:
             raise SourceError(f"{self.name}: no Pi camera {cfg.path} ({exc})") from None
         controls = {"FrameRate": float(cfg.fps)} if cfg.fps else {}
-        config = cam.create_video_configuration(
-            main={"size": (cfg.width, cfg.height), "format": "RGB888"},
-            lores={"size": (cfg.lores_width, cfg.lores_height), "format": "YUV420"},
-            buffer_count=4,
-            controls=controls,
-        )
-        cam.configure(config)
-        cam.start()
+        try:
+            config = cam.create_video_configuration(
+                main={"size": (cfg.width, cfg.height), "format": "RGB888"},
+                lores={"size": (cfg.lores_width, cfg.lores_height), "format": "YUV420"},
+                buffer_count=4,
+                controls=controls,
+            )
+            cam.configure(config)
+            cam.start()
+        except Exception:
+            cam.close()  # else every reopen finds the camera still held by this attempt
+            raise
         return cam
 
     def _grab(self, cam: Any) -> np.ndarray | None:

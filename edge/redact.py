@@ -7,8 +7,10 @@ from __future__ import annotations
 def redact_url(url: str) -> str:
     """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``: credentials never reach logs or output."""
     scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    if sep and "@" in rest:
+        # Up to the *last* '@': a password may hold '@' or '/' unencoded. A path with an '@' in it is
+        # redacted too much, never too little.
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return url
 
 

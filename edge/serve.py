@@ -123,15 +123,15 @@ class WorkerPool:
     def _detect(self, data: bytes, min_confidence: float | None) -> tuple[list[dict[str, Any]], float]:
         image = decode_image(data, self.max_pixels)
         det = self._free.get()  # never waits: one thread per detector
+        default = det.score_threshold
         try:
-            default = det.score_threshold
             # A lower pre-NMS threshold cannot change which higher-scoring boxes NMS keeps.
             det.score_threshold = default if min_confidence is None else min_confidence
             t0 = time.perf_counter()
             found = det.detect(image)
             infer_ms = (time.perf_counter() - t0) * 1e3
+        finally:  # even after a failed request, the next one starts from the configured threshold
             det.score_threshold = default
-        finally:
             self._free.put(det)
         return predictions(found, image.shape[1], image.shape[0]), infer_ms
 

@@ -125,7 +125,12 @@ def export(
 
 @app.command()
 def info(
-    arch: Annotated[str, typer.Option(help="Registered model variant: nano_b or v1.")] = "nano_b",
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Registered model variant: nano-b (default) or v1; with --weights, a bare state dict's."
+        ),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="Nano-B pipeline TOML: use its [model] table.")] = None,
     weights: Annotated[
         Path | None,
@@ -137,8 +142,8 @@ def info(
     from trainer.models.files import load_model
     from trainer.pipeline.info import build_for_info, model_info, print_info
 
-    model = load_model(weights)[0] if weights is not None else build_for_info(arch, config)
-    print_info(f"{weights or arch}", model_info(model, depth))
+    model = load_model(weights, arch)[0] if weights else build_for_info(arch or "nano_b", config)
+    print_info(f"{weights or arch or 'nano_b'}", model_info(model, depth))
 
 
 @app.command("nano-b")

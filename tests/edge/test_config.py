@@ -116,6 +116,31 @@ def test_table_error_names_the_environment_variable(tmp_path: Path) -> None:
     assert str(err.value).endswith("[mqtt] port must be 1..65535, got 99999 (from FEATHERFACE_MQTT__PORT)")
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtsp://admin:secret@10.0.0.5:554/s1", "rtsp://***@10.0.0.5:554/s1"),
+        ("rtsp://admin:p@ss@10.0.0.5/s1", "rtsp://***@10.0.0.5/s1"),  # '@' in the password
+        ("rtsp://admin:pa/ss@10.0.0.5/s1", "rtsp://***@10.0.0.5/s1"),  # '/' in the password
+        ("rtsp://10.0.0.5/s1", "rtsp://10.0.0.5/s1"),
+    ],
+)
+def test_redact_url_never_shows_a_password(url: str, shown: str) -> None:
+    from edge.redact import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_config_reading_errors_are_one_line(tmp_path: Path) -> None:
+    password = tmp_path / "pw"
+    password.write_bytes(b"caf\xe9")
+    text = f"[mqtt]\npassword_file = '{password}'\n"
+    with pytest.raises(ConfigError, match=r"password_file .* is not UTF-8 text"):
+        load_config(_write(tmp_path, text), environ={})
+    with pytest.raises(ConfigError, match=r"\[source\] must be a table"):
+        load_config(_write(tmp_path, "source = 5\n"), environ={"FEATHERFACE_SOURCE__FPS": "5"})
+
+
 def test_redacted_hides_url_credentials(tmp_path: Path) -> None:
     text = "[source]\ntype = 'url'\npath = 'rtsp://admin:secret@10.0.0.5:554/stream1'\n"
     out = load_config(_write(tmp_path, text), environ={}).redacted()

@@ -355,3 +355,17 @@ def test_folder_of_photos_is_not_tracked_across_photos(
             seen |= starts
     else:  # tracked: min_hits 2, so nothing starts on the first photo, and a track spans photos
         assert 1 not in by_frame and any(kind == "start" for kind, _ in by_frame.get(2, []))
+
+
+def test_daemon_warns_when_a_camera_reopen_could_outlast_the_watchdog(
+    tiny_onnx: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow = {"open_timeout_s": 10.0, "read_timeout_s": 2.0}
+    cfg = daemon_config(tmp_path, None, tiny_onnx, source=slow, mqtt={"enabled": False})
+    for usec, warned in (("20000000", True), ("30000000", False)):  # half periods 10 s and 15 s
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="edge.daemon"):
+            Daemon(
+                cfg, notifier=Notifier({"NOTIFY_SOCKET": str(tmp_path / "x"), "WATCHDOG_USEC": usec})
+            )._check_watchdog_bound()
+        assert ("watchdog period" in caplog.text) is warned

@@ -168,7 +168,8 @@ def test_discovery_adds_a_camera_entity_for_snapshots() -> None:
 
     plain = discovery_messages("homeassistant", "ff", "dev1", "cam0")
     with_pictures = discovery_messages("homeassistant", "ff", "dev1", "cam0", snapshot=True)
-    assert with_pictures[:2] == plain and len(with_pictures) == 3
+    assert with_pictures[:2] == plain[:2] and len(with_pictures) == len(plain) == 3
+    assert plain[2] == (with_pictures[2][0], "")  # pictures off: the camera entity is removed
     topic, payload = with_pictures[2]
     camera = json.loads(payload)
     assert topic == "homeassistant/camera/featherface_dev1_cam0/last_face/config"
@@ -188,8 +189,9 @@ def test_home_assistant_discovery_and_hostile_messages(
     other.loop_start()
     try:
         pub.start()
-        assert consumer.wait_for(lambda c: len(c.on("/config")) == 2 and c.on("/status"))
-        configs = [m.json() for m in consumer.on("/config")]
+        # Two entities, and an empty retained config that removes the camera entity (no pictures).
+        assert consumer.wait_for(lambda c: len(c.on("/config")) == 3 and c.on("/status"))
+        configs = [m.json() for m in consumer.on("/config") if m.payload]
         assert {c["state_topic"] for c in configs} == {pub.state_topic}
         assert {c["availability_topic"] for c in configs} == {pub.status_topic}
         with caplog.at_level(logging.WARNING, logger="edge.ha"):
@@ -200,9 +202,9 @@ def test_home_assistant_discovery_and_hostile_messages(
             )
         assert "5000-byte" in caplog.text and "not UTF-8" in caplog.text
         time.sleep(0.3)
-        assert len(consumer.on("/config")) == 2  # junk did not trigger a re-send
+        assert len(consumer.on("/config")) == 3  # junk did not trigger a re-send
         other.publish("homeassistant/status", b"online", qos=1).wait_for_publish(5)
-        assert consumer.wait_for(lambda c: len(c.on("/config")) == 4, 5)
+        assert consumer.wait_for(lambda c: len(c.on("/config")) == 6, 5)
         pub.publish_event(_events(b, 1)[0])  # still publishing after the junk
         assert consumer.wait_for(lambda c: len(c.on("/event")) == 1, 5)
     finally:
@@ -364,14 +366,14 @@ def test_home_assistant_sees_every_stop_as_unavailable(mqtt_broker: EmbeddedBrok
     try:
         pub.set_state(b.state(1, "online"))
         pub.start()
-        assert consumer.wait_for(lambda c: len(c.on("/config")) == 2 and c.on("/status"))
+        assert consumer.wait_for(lambda c: len(c.on("/config")) == 3 and c.on("/status"))
     finally:
         pub.set_state(b.state(0, "offline"))  # what the daemon hands over at its stop
         pub.stop()
         consumer.wait_for(lambda c: c.on("/status")[-1].payload == b"stopped", 5)
         consumer.close()
         _clear_discovery(mqtt_broker, consumer)
-    for config in (m.json() for m in consumer.on("/config")):
+    for config in (m.json() for m in consumer.on("/config") if m.payload):
         template = jinja2.Template(config["availability_template"])
         seen = {status: template.render(value=status) for status in STATUS_VALUES}
         assert seen == {

@@ -95,3 +95,10 @@ def test_cli_evaluates_the_trainers_own_files(plain_v1_run: Path, tmp_path: Path
         result = runner.invoke(app, [*args, "--scale", "160", "--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
         assert " AP " in result.output
+
+
+def test_a_phase_training_state_points_at_its_student_file(tmp_path: Path) -> None:
+    state = {"step": 3, "model": {"student.head.weight": torch.zeros(2, 2), "kd.w_cls": torch.zeros(1)}}
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ModelError, match=r"use the student\.pt"):
+        load_model(tmp_path / "last.pt")

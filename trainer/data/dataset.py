@@ -179,7 +179,9 @@ def build_dataset(
         parts.append(FaceDataset(read_wider(cfg.wider_root), transform, seed))
     if cfg.pseudo_images:
         if detect is None:  # the caller turns data.pseudo_teacher into one (eval.predict.pseudo_teacher)
-            raise DatasetError("data.pseudo_images is set but neither data.pseudo_teacher nor `detect` is")
+            raise DatasetError(
+                "data.pseudo_images is set but no teacher was given to label them (set data.pseudo_teacher)"
+            )
         samples = pseudo_label(list_images(cfg.pseudo_images), detect, cfg.pseudo_score)
         parts.append(FaceDataset(samples, transform, seed))
     if cfg.synthetic_scenes:

@@ -267,6 +267,3 @@ def locate_wider_val(root: str | Path) -> tuple[Path, Path]:
                 f"{root}: expected WIDER_val/images/<event>/<name>.jpg and ground_truth/*.mat, missing {p}"
             )
     return images, gt
-
-
-# ----------------------------------------------------------------------------- prediction files

@@ -86,6 +86,9 @@ def ground_truth_from_boxes(
     return WiderGroundTruth(tuple(out))
 
 
+# ----------------------------------------------------------------------------- prediction files
+
+
 def write_predictions(out_dir: str | Path, predictions: Mapping[tuple[str, str], np.ndarray]) -> None:
     """Write ``out_dir/<event>/<name>.txt`` in the standard WIDER submission format:
     the image name, the count, then one ``x y w h score`` line per detection."""

@@ -3,13 +3,14 @@
 ``load_model(path)`` is how ``evaluate``, ``export`` and ``info`` open a PyTorch file. What the file
 holds decides the network, never its name:
 
-- a training checkpoint (``last.pt``, ``step-N.pt``, ``best.pt``, written by
+- a V1 training checkpoint (``last.pt``, ``step-N.pt``, written by
   :class:`trainer.engine.Checkpointer`): its ``config`` is the run's config, whose ``[model]`` table
   names the variant and its options (``deformable`` for V1);
-- a model checkpoint ``{"arch", "config", "model"}``: ``arch`` and the builder options in ``config``;
-- a Nano-B student (``student.pt``, :func:`save_student`, written by every pipeline phase): ``arch``,
-  ``config`` and the pruning ``spec``;
-- a model checkpoint (``model_final.pth``, :func:`save_model`, what V1 training ends with): the same;
+- a model checkpoint ``{"arch", "config", "model"}`` (``model_final.pth``, :func:`save_model`, what
+  V1 training ends with): ``arch`` and the builder options in ``config``;
+- a Nano-B student (``student.pt``, :func:`save_student`, written when each pipeline phase ends):
+  ``arch``, ``config`` and the pruning ``spec``. A phase's own ``last.pt`` / ``step-N.pt`` is training
+  state (student and KD weights, no architecture) and is refused with a pointer to ``student.pt``;
 - a bare state dict (the official V1 ``.pth``, a ``model_final.pth`` of older runs): its keys. V1 is the
   network with ``bacbkbone_0_cbam.*`` keys, deformable when it has ``offset_conv`` keys.
 
@@ -195,6 +196,16 @@ def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, st
         _agree(path, "nano_b", arch)
         # A pipeline student, possibly pruned: its widths come from its saved tensors.
         return load_student(path)[0].eval(), "nano_b"
+    model_state = obj.get("model") if isinstance(obj, Mapping) else None
+    if (
+        isinstance(model_state, Mapping)
+        and not obj.get("config")
+        and any(k.startswith("student.") for k in model_state)
+    ):
+        raise ModelError(
+            f"{path} is a Nano-B phase's training state (no architecture in it); use the student.pt "
+            "its phase writes when it ends, in the same folder"
+        )
     name, options, state = describe(obj, path, arch)
     model = build_model(name, **options)
     load_state_strict(model, state, str(path))

@@ -221,7 +221,11 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
     if val_s:
         val_ds = FaceDataset(val_s, EvalTransform(cfg.img_dim), seed)
     if others.label_file or others.synthetic_scenes or others.pseudo_images:
-        detect = teacher_detector(teacher) if (others.pseudo_images and teacher is not None) else None
+        detect = None
+        if others.pseudo_images:  # the pipeline's own teacher, else the one data.pseudo_teacher names
+            from trainer.eval.predict import pseudo_teacher
+
+            detect = teacher_detector(teacher) if teacher is not None else pseudo_teacher(others)
         parts.append(build_dataset(others, seed=seed, detect=detect, train=True))
     if not parts:
         raise DatasetError(

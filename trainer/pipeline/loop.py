@@ -1,5 +1,5 @@
-"""The pieces every phase shares: the distillation step function, validation (loss and held-out AP), and the
-student checkpoint format (weights + pruning spec, so a pruned student reloads without pickling).
+"""The pieces every phase shares: the distillation step function, validation (loss and held-out
+AP) and BN recalibration. The student file format is :mod:`trainer.models.files`.
 """
 
 from __future__ import annotations
@@ -111,6 +111,3 @@ def validation_ap(
         torch_runner(model_cpu, "nano_b"), data.val_gt, data.val_images_dir, scale or None, progress
     )
     return {f"ap_{k}": float(v) for k, v in evaluate(preds, data.val_gt).ap.items()}
-
-
-# --- student files ------------------------------------------------------------------------------------

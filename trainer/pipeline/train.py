@@ -81,7 +81,7 @@ def train_steps(
     ckpt = Checkpointer(out) if out is not None else None
     if ckpt is not None and ctx.resume and ckpt.last.is_file():
         state = ckpt.load()
-        restore(state, trainable, optimizer, scheduler)
+        restore(state, trainable, optimizer, scheduler, scaler)
         if load_extra is not None:
             load_extra(state.get("extra", {}))
         start = int(state["step"])
@@ -124,6 +124,7 @@ def train_steps(
                 "model": trainable.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),  # the AMP loss scale (empty when AMP is off)
                 "extra": extra_state() if extra_state is not None else {},
             }
             ckpt.save(state)
