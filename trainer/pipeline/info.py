@@ -15,16 +15,10 @@ MAC_SIZES: tuple[tuple[int, int], ...] = ((320, 240), (640, 480))
 V1_PARAMETERS = 592_371
 
 
-def build_for_info(
-    arch: str, config: str | Path | None = None, weights: str | Path | None = None
-) -> nn.Module:
-    """``nano_b`` (from a pipeline config's ``[model]`` table, or defaults), a Nano-B file, or ``v1``.
-    ``nano-b`` is the same name, as the other commands spell it."""
+def build_for_info(arch: str, config: str | Path | None = None) -> nn.Module:
+    """``nano_b`` (from a pipeline config's ``[model]`` table, or defaults) or ``v1``; ``nano-b`` is the
+    same name, as the other commands spell it. Files go through :func:`trainer.models.files.load_model`."""
     arch = arch.replace("-", "_")
-    if weights is not None:
-        from trainer.models.files import load_student
-
-        return load_student(weights)[0]
     if arch == "nano_b" and config is not None:
         from trainer.models.nano_b import NanoB
         from trainer.pipeline.recipe import load_recipe
