@@ -94,17 +94,22 @@ def build_table(
     variables to the variable's name, for the messages.
     """
     from_env = from_env or {}
-    where = f"{origin}: [{name}]" if origin else f"[{name}]"
+    heading = f"[{name}]" if name else "top level"
+    where = f"{origin}: {heading}" if origin else heading
     if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table")
+        raise ConfigError(f"{where} must be a table, got {type(table).__name__}")
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    known = [f.name for f in fields]
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         via = f" (from {from_env[key]})" if key in from_env else ""
         if key not in known:
             raise ConfigError(f"{where} unknown key '{key}'{via} (known: {', '.join(known)})")
         kwargs[key] = coerce(value, hints[key], f"{where} {key}{via}")
+    for f in fields:
+        if f.name not in kwargs and f.default is f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where} missing required key '{f.name}'")
     try:
         return cls(**kwargs)
     except (FeatherFaceError, TypeError, ValueError) as exc:

@@ -1,8 +1,9 @@
 """Strict TOML -> frozen dataclass loading, shared by every trainer config (V1, Nano-B, pruning).
 
 A config is a tree of frozen dataclasses; each table in the TOML file fills one dataclass field.
-Every key is checked once, at start: unknown keys, missing required keys and wrongly typed values
-raise :class:`ConfigError` with one line naming the file, the table and the key.
+Every key is checked once, at start, by the strict table loader the edge's configs use too
+(:func:`edge.tables.build_table`): unknown keys, missing required keys and wrongly typed values raise
+:class:`ConfigError` with one line naming the file, the table and the key.
 
     cfg = load_config(Path("trainer/configs/v1.toml"), V1Config)
     cfg = override(cfg, {"data.label_file": "label.txt", "run.out_dir": "runs/x"})
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from edge.errors import ConfigError
-from edge.tables import coerce
+from edge.tables import build_table
 
 T = TypeVar("T")
 
@@ -37,30 +38,18 @@ def load_config(path: str | Path, cls: type[T]) -> T:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "<config>", table: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields."""
-    where = f"[{table}]" if table else "top level"
+    """Build dataclass ``cls`` from a mapping: nested dataclass fields recurse here, each table is
+    checked by the edge's strict table loader (one set of rules for both config trees)."""
     if not isinstance(data, Mapping):
+        where = f"[{table}]" if table else "top level"
         raise ConfigError(f"{source}: {where} must be a table, got {type(data).__name__}")
     hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r} in {where} (known: {', '.join(sorted(fields))})"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, field in fields.items():
-        key = f"{table}.{name}" if table else name
-        if name not in data:
-            no_default = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-            if no_default:
-                raise ConfigError(f"{source}: missing required key {name!r} in {where}")
-            continue
-        kwargs[name] = _coerce(hints[name], data[name], source, key)
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # __post_init__ validation
-        raise ConfigError(f"{source}: {where}: {exc}") from exc
+    values = dict(data)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in values and dataclasses.is_dataclass(hints[f.name]):
+            key = f"{table}.{f.name}" if table else f.name
+            values[f.name] = from_dict(hints[f.name], values[f.name], source, key)
+    return build_table(cls, values, table, origin=source)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -111,11 +100,3 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
             value = text.strip()
         out[key.strip()] = value
     return out
-
-
-def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
-    """Check ``value`` against annotation ``tp``: nested tables recurse here, every other value goes
-    through the edge's checker (one set of rules for both config trees)."""
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, source, key)  # type: ignore[arg-type]
-    return coerce(value, tp, f"{source}: key {key!r}")

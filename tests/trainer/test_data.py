@@ -304,8 +304,18 @@ def test_endless_batches_match_per_epoch_loaders_and_resume(tmp_path: Path) -> N
 
     assert all(torch.equal(x, y) for x, y in zip(take(9), expected, strict=True))
     assert all(torch.equal(x, y) for x, y in zip(take(5, start=4), expected[4:], strict=True))
-    with pytest.raises(DatasetError, match="smaller than one batch"):
+    with pytest.raises(DatasetError, match="no full batch of 7"):
         next(endless_batches(ds, 7))
+    # Under DDP each rank streams its own shard, batch for batch the per-epoch loader's: the two ranks
+    # never see the same image in an epoch, and an epoch is half as many steps.
+    shards = []
+    for rank in (0, 1):
+        stream = endless_batches(ds, 1, seed=7, start_batch=1, rank=rank, world_size=2)
+        want = [x for e in range(2) for x, _ in build_loader(ds, 1, e, seed=7, rank=rank, world_size=2)]
+        got = [next(stream)[0] for _ in range(5)]
+        assert all(torch.equal(x, y) for x, y in zip(got, want[1:], strict=True))
+        shards.append(want[:3])
+    assert not any(torch.equal(a, b) for a in shards[0] for b in shards[1])
     # With worker processes, in a fresh interpreter: after the edge tests (MQTT broker children,
     # OpenVINO / ORT threads) this process was killed by SIGSEGV once DataLoader workers had run in
     # it, whatever the start method; a trainer run is always a process of its own.

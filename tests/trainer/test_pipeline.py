@@ -12,6 +12,7 @@ import torch
 from edge.anchors import prior_boxes
 from edge.errors import ConfigError
 from tests.shared_paths import need_shared
+from tests.tiny_nano_b import tiny_recipe
 from trainer.models.files import load_student, save_student
 from trainer.models.nano_b import NanoB
 from trainer.pipeline.data import event_number, split_wider
@@ -159,26 +160,9 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     need_shared("weights/featherface_v1_official.pth")
     need_shared("data/wider-train-pool")
     from edge.model import read_model
-    from trainer.pipeline.run import run_nano_b, with_overrides
+    from trainer.pipeline.run import run_nano_b
 
-    recipe = with_overrides(
-        load_recipe(CONFIGS / "nano_b_cpu.toml"),
-        run={
-            "out_dir": str(tmp_path / "run"),
-            "threads": 1,
-            "log_every": 1,
-            "ckpt_every": 1,
-            "progress": False,
-            "bn_recalibration": 1,
-            "export_size": (96, 64),
-        },
-        teacher={"deformable": False},
-        data={"synthetic_scenes": 0, "pseudo_images": "", "img_dim": 64, "batch_size": 2, "num_workers": 0},
-        split={"val_scale": 96, "val_limit": 2},
-        phase1={"steps": 2},
-        prune={"trials": 2, "recovery_steps": 1, "soft_steps": 4, "soft_boundaries": 2, "trace_size": 64},
-        phase3={"steps": 1},
-    )
+    recipe = tiny_recipe(tmp_path / "run")
     start = time.perf_counter()
     first = run_nano_b(recipe, until="phase1")
     out = tmp_path / "run"

@@ -265,19 +265,32 @@ class _EpochItems(Dataset):
 
 
 class _EpochBatches:
-    """The batch sampler of :func:`endless_batches`: each epoch's seeded order, cut into full batches."""
+    """The batch sampler of :func:`endless_batches`: each epoch's seeded order (this rank's shard), cut
+    into full batches."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, start_batch: int) -> None:
+    def __init__(
+        self, dataset: Dataset, batch_size: int, seed: int, start: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.per_epoch = batches_per_epoch(dataset, batch_size)
+        self.rank, self.world_size = rank, world_size
+        self.per_epoch = batches_per_epoch(dataset, batch_size, world_size)
         if self.per_epoch < 1:
             n = len(dataset)  # type: ignore[arg-type]
-            raise DatasetError(f"training set of {n} images is smaller than one batch of {batch_size}")
-        self.start = divmod(start_batch, self.per_epoch)
+            each = f" to each of {world_size} processes" if world_size > 1 else ""
+            raise DatasetError(f"training set of {n} images gives no full batch of {batch_size}{each}")
+        self.start = divmod(start, self.per_epoch)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, skip = self.start
-        sampler = DistributedSampler(self.dataset, num_replicas=1, rank=0, shuffle=True, seed=self.seed)
+        # The sampler build_loader uses (drop_last: every rank takes the same number of steps).
+        sampler = DistributedSampler(
+            self.dataset,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
+        )
         while True:
             sampler.set_epoch(epoch)
             order = list(sampler)
@@ -287,17 +300,24 @@ class _EpochBatches:
 
 
 def endless_batches(
-    dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0, start_batch: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    seed: int = 0,
+    num_workers: int = 0,
+    start_batch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Generator[tuple[torch.Tensor, list[torch.Tensor]], None, None]:
     """Batches epoch after epoch, forever, from one loader with persistent workers.
 
     Batch ``k`` is exactly batch ``k % per_epoch`` of ``build_loader(dataset, batch_size, k //
-    per_epoch, seed)`` (same order, same augmentation), so ``start_batch`` resumes a killed run
-    without replaying anything, whatever the number of workers.
+    per_epoch, seed, rank=rank, world_size=world_size)`` (same order, same augmentation, this rank's
+    shard), so ``start_batch`` resumes a killed run without replaying anything, whatever the number
+    of workers.
     """
     loader = DataLoader(
         _EpochItems(dataset),
-        batch_sampler=_EpochBatches(dataset, batch_size, seed, start_batch),  # type: ignore[arg-type]
+        batch_sampler=_EpochBatches(dataset, batch_size, seed, start_batch, rank, world_size),  # type: ignore[arg-type]
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),

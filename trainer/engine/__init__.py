@@ -1,13 +1,12 @@
-"""The training engine: optimiser + schedule, checkpoints, logs, plots and the optimiser step
-(:func:`~trainer.engine.loop.optimizer_step`) that V1 and the Nano-B phases both train through;
-DDP and the epoch driver :func:`~trainer.engine.fit.fit` serve V1 (the Nano-B phases run their own
-step loop, :mod:`trainer.pipeline.train`, single-process)."""
+"""The training engine: optimiser + schedule, checkpoints, logs, plots, DDP, and the one training loop
+(:func:`~trainer.engine.loop.train_loop`, steps as the unit) that V1 (through the epoch driver
+:func:`~trainer.engine.fit.fit`) and the three Nano-B phases (:mod:`trainer.pipeline.train`) run."""
 
 from trainer.engine.checkpoint import Checkpointer, restore, seed_everything
 from trainer.engine.ddp import DistInfo, init_distributed, unwrap, wrap_model
 from trainer.engine.fit import FitResult, RunConfig, fit
 from trainer.engine.log import JsonlLogger, read_jsonl
-from trainer.engine.loop import StepFn, TrainState, multibox_step, optimizer_step, train_epoch
+from trainer.engine.loop import LoopSettings, StepFn, TrainState, multibox_step, optimizer_step, train_loop
 from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
 
@@ -16,6 +15,7 @@ __all__ = [
     "DistInfo",
     "FitResult",
     "JsonlLogger",
+    "LoopSettings",
     "OptimConfig",
     "RunConfig",
     "StepFn",
@@ -30,7 +30,7 @@ __all__ = [
     "read_jsonl",
     "restore",
     "seed_everything",
-    "train_epoch",
+    "train_loop",
     "unwrap",
     "wrap_model",
 ]

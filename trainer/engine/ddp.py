@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -51,25 +52,53 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # Rank 0 alone runs the pruning search and the held-out evaluations while the other ranks
+        # wait at a barrier: minutes, longer than the collectives' default timeout allows on NCCL.
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(hours=2))
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
-def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
-    """Move to the device; under DDP wrap it (BatchNorm synced across GPUs; SyncBatchNorm has no
-    CPU kernel, so CPU/gloo runs keep per-process statistics)."""
+def wrap_model(model: nn.Module, info: DistInfo, sync_bn: bool = True) -> nn.Module:
+    """Move to the device; under DDP wrap it (BatchNorm synced across GPUs with ``sync_bn``;
+    SyncBatchNorm has no CPU kernel, so CPU/gloo runs keep per-process statistics)."""
     model = model.to(info.device)
     if not info.distributed:
         return model
     if info.device.type != "cuda":
         return nn.parallel.DistributedDataParallel(model)
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index])
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside a DDP wrapper (what checkpoints store)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def average_gradients(module: nn.Module, info: DistInfo) -> None:
+    """Under DDP, average ``module``'s gradients over ranks as DDP does the model's: for trainable
+    parameters outside the wrapped model (a loss's learnable weights)."""
+    if not info.distributed:
+        return
+    for p in module.parameters():
+        p.register_hook(lambda g: _all_reduce_mean(g, info.world_size))
+
+
+def _all_reduce_mean(grad: torch.Tensor, world_size: int) -> torch.Tensor:
+    grad = grad.clone()
+    dist.all_reduce(grad)
+    return grad / world_size
+
+
+def broadcast_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Under DDP, give every rank rank 0's buffers (BatchNorm statistics): DDP sends them at the start
+    of each forward, so after the last one each rank holds statistics of its own last batch."""
+    if not info.distributed:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
 
 
 def barrier(info: DistInfo) -> None:

@@ -1,11 +1,11 @@
-"""V1's resumable, epoch-based training driver (DDP, AMP); its steps are the engine's optimiser step,
-which the Nano-B phases (:mod:`trainer.pipeline.train`) take too.
+"""V1's resumable training driver (DDP, AMP), counted in epochs: the epoch view of the engine's one
+step loop (:func:`~trainer.engine.loop.train_loop`), which the Nano-B phases run too.
 
 ``fit`` reads top to bottom: build the optimiser, schedule and AMP scaler; restore a checkpoint when
-resuming; then for each epoch build that epoch's loader (seeded order, this rank's shard, batches
-already done skipped) and run :func:`~trainer.engine.loop.train_epoch`; checkpoint, log and plot on
-rank 0. Stopping at ``max_steps`` and resuming reproduces an uninterrupted run exactly (on CPU; on
-CUDA up to non-deterministic kernels).
+resuming; then run ``epochs x steps_per_epoch`` steps (or ``max_steps``) from one endless stream of
+this rank's batches (each epoch's seeded order, the batches already done skipped), closing each epoch
+with its mean losses, a checkpoint and the loss plot on rank 0. Stopping at ``max_steps`` and resuming
+reproduces an uninterrupted run exactly (on CPU; on CUDA up to non-deterministic kernels).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from edge.errors import ConfigError
-from trainer.data.dataset import batches_per_epoch, build_loader
+from trainer.data.dataset import batches_per_epoch, endless_batches
 from trainer.engine.checkpoint import Checkpointer, restore
-from trainer.engine.ddp import DistInfo, barrier, mean_across_ranks, unwrap, wrap_model
+from trainer.engine.ddp import DistInfo, average_gradients, barrier, unwrap, wrap_model
 from trainer.engine.log import JsonlLogger
-from trainer.engine.loop import StepFn, TrainState, train_epoch
+from trainer.engine.loop import LoopSettings, StepFn, TrainState, train_loop
 from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
 from trainer.models.files import save_model
@@ -94,9 +94,7 @@ def fit(
     model = wrap_model(model, info)
     if aux is not None:
         aux.to(info.device)
-        if info.distributed:  # DDP averages the model's gradients only; do the same for aux's
-            for p in aux.parameters():
-                p.register_hook(lambda g: _all_reduce_mean(g, info.world_size))
+        average_gradients(aux, info)  # DDP averages the model's gradients only
     optimizer = build_optimizer(unwrap(model), optim_cfg, aux)
     scheduler = build_scheduler(optimizer, optim_cfg, total_steps, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp and info.device.type == "cuda")
@@ -116,74 +114,65 @@ def fit(
     logger = JsonlLogger(out, resume_step=state.step if resume else None) if info.is_main else None
 
     def save() -> None:
-        if info.is_main:
-            ckpt.save(
-                {
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": state.epoch,
-                    "step": state.step,
-                    "step_in_epoch": state.step_in_epoch,
-                    "epoch_sums": dict(state.epoch_sums),
-                    "config": config or {},
-                    "extra": extra_state or {},
-                    "aux": aux.state_dict() if aux is not None else {},
-                }
-            )
-        barrier(info)
+        ckpt.save(
+            {
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": state.epoch,
+                "step": state.step,
+                "step_in_epoch": state.step_in_epoch,
+                "epoch_sums": dict(state.epoch_sums),
+                "config": config or {},
+                "extra": extra_state or {},
+                "aux": aux.state_dict() if aux is not None else {},
+            }
+        )
 
-    def on_step(s: TrainState) -> bool:
-        done = bool(run.max_steps) and s.step >= run.max_steps
-        if done or (run.save_every_steps and s.step % run.save_every_steps == 0):
-            save()
-        return done
-
-    def end_epoch(means: dict[str, float]) -> None:
+    def end_epoch(epoch: int, means: dict[str, float]) -> None:
         if logger is not None:
-            logger.log({"kind": "epoch", "step": state.step, "epoch": state.epoch, **means})
-        state.epoch, state.step_in_epoch, state.epoch_sums = state.epoch + 1, 0, {}
-        save()
-        if logger is not None:
+            logger.log({"kind": "epoch", "step": state.step, "epoch": epoch, **means})
             plot_losses(logger.rows(), out / "loss_curves.png")
 
-    stopped = bool(run.max_steps) and state.step >= run.max_steps  # resumed a finished run
-    while state.epoch < run.epochs and not stopped:
-        if state.step_in_epoch >= steps_per_epoch:  # nothing left of this epoch but its summary
-            means = {k: v / state.step_in_epoch for k, v in state.epoch_sums.items()}
-            end_epoch(mean_across_ranks(means, info))
-            continue
-        loader = build_loader(
+    stop = min(run.max_steps, total_steps) if run.max_steps else total_steps
+    if state.step < stop:
+        batches = endless_batches(
             dataset,
             batch_size,
-            state.epoch,
-            seed=run.seed,
-            num_workers=num_workers,
+            run.seed,
+            num_workers,
+            start_batch=state.step,
             rank=info.rank,
             world_size=info.world_size,
-            skip_batches=state.step_in_epoch,
         )
-        means, stopped = train_epoch(
-            model,
-            loader,
-            step_fn,
-            optimizer,
-            scheduler,
-            scaler,
-            state,
-            info,
+        settings = LoopSettings(
+            name="train",
             amp=run.amp,
             grad_clip=run.grad_clip,
             log_every=run.log_every,
-            logger=logger,
+            save_every=run.save_every_steps,
+            steps_per_epoch=steps_per_epoch,
             progress=run.progress,
-            on_step=on_step,
         )
-        # Stopped by max_steps on an epoch's last step: the epoch is complete, so close it too.
-        if stopped and state.step_in_epoch < steps_per_epoch:
-            break
-        end_epoch(means)
+        try:
+            train_loop(
+                model,
+                batches,
+                step_fn,
+                optimizer,
+                scheduler,
+                scaler,
+                info,
+                state,
+                stop,
+                settings,
+                logger=logger,
+                save=save,
+                on_epoch=end_epoch,
+            )
+        finally:
+            batches.close()  # stop the loader's workers now
 
     final = None
     if info.is_main:
@@ -209,9 +198,3 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         elif a != b:
             out.append(f"{prefix}{k}")
     return out
-
-
-def _all_reduce_mean(grad: torch.Tensor, world_size: int) -> torch.Tensor:
-    grad = grad.clone()
-    torch.distributed.all_reduce(grad)
-    return grad / world_size

@@ -1,19 +1,22 @@
-"""The training step every trainer runs, and the epoch loop V1 drives it with.
+"""The one training loop: V1 (:func:`~trainer.engine.fit.fit`) and the three Nano-B phases
+(:func:`trainer.pipeline.train.train_steps`) both run :func:`train_loop`.
 
-:func:`optimizer_step` is one step: batch to the device, ``step_fn(model, images, targets) -> {"loss":
-total, ...}`` under autocast (CUDA with ``amp``), the NaN/inf guard, backward through the AMP scaler,
-gradient clipping, optimiser and schedule step. V1 (MultiBox, :func:`train_epoch` under
-:func:`~trainer.engine.fit.fit`) and the three Nano-B phases (task + distillation,
-:func:`trainer.pipeline.train.train_steps`) both train through it, so the guard, AMP and clipping
-from the config hold for every phase. ``on_step(state)`` runs after each optimiser step of an epoch
-(checkpointing, stopping at ``max_steps``); it returns True to stop.
+Steps are the unit. :func:`train_loop` takes optimiser steps ``[state.step, stop)`` from an endless
+batch iterator; each is :func:`optimizer_step`: batch to the device, ``step_fn(model, images,
+targets) -> {"loss": total, ...}`` under autocast (CUDA with ``amp``), the NaN/inf guard, backward
+through the AMP scaler, gradient clipping, optimiser and schedule step. Around the steps the loop logs
+the window's mean losses (averaged over DDP ranks) every ``log_every`` steps, checkpoints through the
+caller's ``save`` (rank 0, then a barrier) every ``save_every`` steps and at the end, and, with
+``steps_per_epoch``, keeps the epoch view: per-epoch mean losses, an ``on_epoch`` call and a
+checkpoint at every epoch's end. A caller's ``before_step(step)`` runs before each step (soft
+pruning's re-zeroing) and may add values to the next log row.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,11 +24,12 @@ from torch import nn
 from tqdm import tqdm
 
 from edge.errors import FeatherFaceError
-from trainer.engine.ddp import DistInfo, mean_across_ranks
+from trainer.engine.ddp import DistInfo, barrier, mean_across_ranks
 from trainer.engine.log import JsonlLogger
 from trainer.loss.multibox import MultiBoxLoss
 
 StepFn = Callable[[nn.Module, torch.Tensor, Sequence[torch.Tensor]], dict[str, torch.Tensor | float]]
+Batch = tuple[torch.Tensor, Sequence[torch.Tensor]]
 
 
 class DivergedError(FeatherFaceError):
@@ -34,13 +38,26 @@ class DivergedError(FeatherFaceError):
 
 @dataclass
 class TrainState:
-    """Progress counters stored in every checkpoint."""
+    """Progress counters stored in every checkpoint; the epoch fields are the epoch view of ``step``."""
 
     epoch: int = 0  # epoch in progress (0-based)
     step: int = 0  # optimiser steps done in the whole run
     step_in_epoch: int = 0  # optimiser steps done in ``epoch``
     # Running loss sums of the epoch in progress, checkpointed so a resumed epoch's mean is exact.
     epoch_sums: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How :func:`train_loop` runs: its name in logs and errors, AMP, clipping, cadences."""
+
+    name: str = "train"
+    amp: bool = False  # float16 autocast + the caller's GradScaler, CUDA only
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    log_every: int = 10  # steps between log rows (and the last step); 0 = no rows
+    save_every: int = 0  # steps between checkpoints (and the last step, and epoch ends)
+    steps_per_epoch: int = 0  # > 0: the epoch view
+    progress: bool = True  # a tqdm bar on rank 0
 
 
 def multibox_step(loss_fn: MultiBoxLoss) -> StepFn:
@@ -94,81 +111,111 @@ def optimizer_step(
     return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in losses.items()}
 
 
-def train_epoch(
+def train_loop(
     model: nn.Module,
-    loader: torch.utils.data.DataLoader,
+    batches: Iterator[Batch],
     step_fn: StepFn,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-    state: TrainState,
     info: DistInfo,
+    state: TrainState,
+    stop: int,
+    settings: LoopSettings,
     *,
-    amp: bool = False,
-    grad_clip: float = 0.0,
-    log_every: int = 10,
+    clip_params: Iterable[nn.Parameter] | None = None,
     logger: JsonlLogger | None = None,
-    progress: bool = True,
-    on_step: Callable[[TrainState], bool] | None = None,
-) -> tuple[dict[str, float], bool]:
-    """Train over ``loader`` (the rest of epoch ``state.epoch``); returns (mean losses, stopped early)."""
+    save: Callable[[], None] | None = None,
+    before_step: Callable[[int], dict[str, float] | None] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> None:
+    """Train until ``state.step == stop`` (see the module doc); ``state`` is updated in place.
+
+    ``clip_params`` (default: the model's) are what ``grad_clip`` caps; ``logger`` writes on rank 0;
+    ``save`` writes a checkpoint of the state as it is (called on rank 0 only).
+    """
+    s = settings
+    per = s.steps_per_epoch
+    clip = list(clip_params) if clip_params is not None else None
+    use_amp = s.amp and info.device.type == "cuda"
     model.train()
-    use_amp = amp and info.device.type == "cuda"
-    sums = state.epoch_sums
     window: dict[str, float] = {}
-    n_window = 0
-    t0 = time.perf_counter()
+    extras: dict[str, float] = {}
+    n_window = n_images = 0
+    began = t0 = time.perf_counter()
     bar = tqdm(
-        loader,
-        total=len(loader),
-        desc=f"epoch {state.epoch}",
-        disable=not (progress and info.is_main),
+        range(state.step, stop),
+        desc=s.name,
+        unit="step",
+        disable=not (s.progress and info.is_main),
         dynamic_ncols=True,
-        leave=False,
     )
-    stopped = False
-    for images, targets in bar:
+    for _ in bar:
+        hooked = before_step(state.step) if before_step is not None else None
+        extras.update(hooked or {})
+        batch = next(batches)
+        where = f"{s.name} step {state.step}" + (f" (epoch {state.epoch})" if per else "")
         vals = optimizer_step(
             model,
-            (images, targets),
+            batch,
             step_fn,
             optimizer,
             scheduler,
             scaler,
             device=info.device,
             amp=use_amp,
-            grad_clip=grad_clip,
-            where=f"step {state.step} (epoch {state.epoch})",
+            grad_clip=s.grad_clip,
+            clip_params=clip,
+            where=where,
         )
         state.step += 1
-        state.step_in_epoch += 1
-
-        for k, v in vals.items():
-            sums[k] = sums.get(k, 0.0) + v
-            window[k] = window.get(k, 0.0) + v
         n_window += 1
+        n_images += batch[0].shape[0]
+        for k, v in vals.items():
+            window[k] = window.get(k, 0.0) + v
         bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        if log_every and state.step % log_every == 0:
-            dt = time.perf_counter() - t0
+        if s.log_every and (state.step % s.log_every == 0 or state.step == stop):
+            # A collective under DDP: every rank reaches it at the same steps.
             row = mean_across_ranks({k: v / n_window for k, v in window.items()}, info)
             if logger is not None and info.is_main:
+                now = time.perf_counter()
                 logger.log(
                     {
                         "kind": "train",
                         "step": state.step,
-                        "epoch": state.epoch,
+                        **({"epoch": state.epoch} if per else {}),
                         "lr": optimizer.param_groups[0]["lr"],
                         **row,
-                        "images_per_s": n_window * images.shape[0] * info.world_size / max(dt, 1e-9),
+                        **extras,
+                        "sec": round(now - began, 2),  # since this (re)start: throughput in the log
+                        "images_per_s": n_images * info.world_size / max(now - t0, 1e-9),
                     }
                 )
-            window, n_window, t0 = {}, 0, time.perf_counter()
-        if on_step is not None and on_step(state):
-            stopped = True
-            break
+            window, extras, n_window, n_images, t0 = {}, {}, 0, 0, time.perf_counter()
+        ended = False
+        if per:
+            state.step_in_epoch += 1
+            for k, v in vals.items():
+                state.epoch_sums[k] = state.epoch_sums.get(k, 0.0) + v
+            if state.step_in_epoch >= per:
+                _close_epoch(state, info, on_epoch)
+                ended = True
+        if save is not None and (
+            ended or state.step == stop or (s.save_every and state.step % s.save_every == 0)
+        ):
+            if info.is_main:
+                save()
+            barrier(info)
     bar.close()
-    n = max(state.step_in_epoch, 1)
-    means = mean_across_ranks({k: v / n for k, v in sums.items()}, info)
+
+
+def _close_epoch(
+    state: TrainState, info: DistInfo, on_epoch: Callable[[int, dict[str, float]], None] | None
+) -> None:
+    """The epoch view: mean losses of the finished epoch over every rank, then the next epoch."""
+    means = mean_across_ranks({k: v / state.step_in_epoch for k, v in state.epoch_sums.items()}, info)
     if not all(math.isfinite(v) for v in means.values()):
         raise DivergedError(f"non-finite mean loss in epoch {state.epoch}")
-    return means, stopped
+    if on_epoch is not None:
+        on_epoch(state.epoch, means)
+    state.epoch, state.step_in_epoch, state.epoch_sums = state.epoch + 1, 0, {}

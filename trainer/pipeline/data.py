@@ -235,7 +235,14 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
 
 
 def batch_stream(
-    dataset: Dataset, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Generator[tuple[torch.Tensor, list[torch.Tensor]], None, None]:
-    """Endless batches epoch after epoch; starting at ``start_step`` replays nothing already seen."""
-    return endless_batches(dataset, batch_size, seed, num_workers, start_batch=start_step)
+    """Endless batches (this rank's shard) epoch after epoch; starting at ``start_step`` replays
+    nothing already seen."""
+    return endless_batches(dataset, batch_size, seed, num_workers, start_step, rank, world_size)

@@ -6,7 +6,9 @@
     phase3_finetune  the pruned network at a reduced learning rate, KD still on, then ONNX export
 
 Each phase writes ``<out>/phaseN/student.pt`` (weights + architecture + pruning spec) when it is done
-and is skipped when that file exists; a killed phase resumes from ``<out>/phaseN/last.pt``.
+and is skipped when that file exists; a killed phase resumes from ``<out>/phaseN/last.pt``. Under
+torchrun every rank trains (the same network on its own shard); rank 0 alone runs the pruning search,
+the held-out evaluation and every write, and the others wait for it at a barrier.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 
+from trainer.engine.ddp import barrier
 from trainer.models.files import load_kd_state, load_student, save_student
 from trainer.models.init_from_teacher import init_backbone_imagenet, init_from_teacher
 from trainer.models.nano_b import NanoB
@@ -62,6 +65,24 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n")
 
 
+def _finish(
+    ctx: PhaseContext,
+    final: Path,
+    student: torch.nn.Module,
+    spec: dict[str, Any] | None,
+    kd_state: dict[str, torch.Tensor],
+    **record: Any,
+) -> Path:
+    """Score the trained student on the held-out images, write ``eval.json`` (plus ``record``) and the
+    phase's ``student.pt``: on rank 0, the other ranks waiting until the file is there to read."""
+    if ctx.info.is_main:
+        metrics = evaluate_student(ctx, student)
+        _write_json(final.parent / "eval.json", {**metrics, **record})
+        save_student(final, student, spec, extra={"eval": metrics, "kd_state": kd_state})
+    barrier(ctx.info)
+    return final
+
+
 # ----------------------------------------------------------------------------------------------- 1
 
 
@@ -80,15 +101,16 @@ def phase1_distill(ctx: PhaseContext) -> Path:
     else:
         report = init_backbone_imagenet(student, recipe.teacher.imagenet_backbone)
     log.info(report.summary())
-    _write_json(
-        out / "init_report.json",
-        {
-            "summary": report.summary(),
-            "copied": report.copied,
-            "sliced": report.sliced,
-            "fresh": report.fresh,
-        },
-    )
+    if ctx.info.is_main:
+        _write_json(
+            out / "init_report.json",
+            {
+                "summary": report.summary(),
+                "copied": report.copied,
+                "sliced": report.sliced,
+                "fresh": report.fresh,
+            },
+        )
     if not (ctx.resume and (out / "last.pt").is_file()):
         _recalibrate(ctx, student)
 
@@ -103,10 +125,7 @@ def phase1_distill(ctx: PhaseContext) -> Path:
         cycles=p1.cycles,
         restart_scale=p1.restart_scale,
     )
-    metrics = evaluate_student(ctx, student)
-    _write_json(out / "eval.json", metrics)
-    save_student(final, student, spec=None, extra={"eval": metrics, "kd_state": kd})
-    return final
+    return _finish(ctx, final, student, None, kd)
 
 
 # ----------------------------------------------------------------------------------------------- 2
@@ -132,6 +151,9 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
     ref_ms = onnx_latency_ms(student, recipe.run.export_size) if pcfg.latency_weight else 0.0
 
     # 1. Bayesian search: each trial prunes a copy at its rates, recovers briefly, scores held-out data.
+    #    Rank 0 alone runs it (one study file, trials one process each); the others wait for its rates.
+    alone = ctx.alone()
+
     def objective(rates: dict[str, float]) -> float:
         trial = copy.deepcopy(student)
         remove_channels(trial, plan.select(trial, rates), example)
@@ -141,7 +163,7 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
             latency = pcfg.latency_weight * ms / ref_ms
             log.info("trial latency %.2f ms (unpruned %.2f ms): +%.3f", ms, ref_ms, latency)
         _recalibrate(ctx, trial)
-        train_steps(ctx, trial, pcfg.recovery_steps, pcfg.lr_scale, kd_state=kd_state)
+        train_steps(alone, trial, pcfg.recovery_steps, pcfg.lr_scale, kd_state=kd_state)
         # Lower is better: the held-out MultiBox loss, or minus the mean held-out AP.
         if pcfg.score == "ap":
             aps = list(validation_ap(trial, ctx.data, recipe.split.val_scale).values())
@@ -151,9 +173,9 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
         return latency + validation_loss(trial, ctx.data, losses, ctx.device, recipe.data.batch_size)
 
     search_dir = out / "search"
-    if not (search_dir / "best_rates.json").is_file():
-        scfg = _search_config(recipe)
-        run_search(objective, param_count, search_dir, scfg)
+    if not (search_dir / "best_rates.json").is_file() and ctx.info.is_main:
+        run_search(objective, param_count, search_dir, _search_config(recipe))
+    barrier(ctx.info)
     rates = load_best_rates(search_dir / "best_rates.json")
 
     # 2. Soft filter pruning: zero the FPGM-least-important filters at evenly spaced boundaries with
@@ -199,10 +221,7 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
     remove_channels(student, selection, example)
     spec = prune_spec(student, selection, example, rates, params_before)
     _recalibrate(ctx, student)
-    metrics = evaluate_student(ctx, student)
-    _write_json(out / "eval.json", {**metrics, "params_before": params_before, "rates": rates})
-    save_student(final, student, spec, extra={"eval": metrics, "kd_state": kd_state})
-    return final
+    return _finish(ctx, final, student, spec, kd_state, params_before=params_before, rates=rates)
 
 
 def _search_config(recipe: Any) -> SearchConfig:
@@ -245,10 +264,7 @@ def phase3_finetune(ctx: PhaseContext, phase2: Path) -> Path:
         cycles=recipe.phase3.cycles,
         restart_scale=recipe.phase3.restart_scale,
     )
-    metrics = evaluate_student(ctx, student)
-    _write_json(out / "eval.json", metrics)
-    save_student(final, student, spec, extra={"eval": metrics, "kd_state": kd_state})
-    return final
+    return _finish(ctx, final, student, spec, kd_state)
 
 
 def export_student(ctx: PhaseContext, student_file: Path) -> Path:

@@ -21,6 +21,7 @@ import torch
 
 from edge.errors import ConfigError
 from trainer.engine.checkpoint import seed_everything
+from trainer.engine.ddp import DistInfo, barrier, cleanup, init_distributed, pick_device
 from trainer.pipeline.data import build_pipeline_data
 from trainer.pipeline.phases import export_student, phase1_distill, phase2_prune, phase3_finetune
 from trainer.pipeline.recipe import NanoBRecipe
@@ -42,51 +43,72 @@ def load_teacher(recipe: NanoBRecipe, device: torch.device) -> torch.nn.Module |
     return teacher
 
 
-def make_context(recipe: NanoBRecipe, out: str | Path | None = None, resume: bool = False) -> PhaseContext:
-    """Device, threads, seed, teacher and data for a run rooted at ``out`` (default ``run.out_dir``)."""
+def make_context(
+    recipe: NanoBRecipe, out: str | Path | None = None, resume: bool = False, info: DistInfo | None = None
+) -> PhaseContext:
+    """Threads, seed, teacher and data for a run rooted at ``out`` (default ``run.out_dir``), on
+    ``info``'s device and rank (default: one process on ``run.device``)."""
     run = recipe.run
     out_dir = Path(out) if out is not None else Path(run.out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
         raise ConfigError(
             f"output folder {out_dir} is not empty: pass --resume to continue it, or another --out"
         )
+    if info is None:
+        info = DistInfo(device=pick_device(run.device))
+    barrier(info)  # every rank has checked the folder before rank 0 writes into it
     if run.threads:
         torch.set_num_threads(run.threads)
-    if run.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(run.device)
     seed_everything(run.seed)
-    teacher = load_teacher(recipe, device)
+    teacher = load_teacher(recipe, info.device)
     data = build_pipeline_data(recipe, teacher)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from trainer.config import to_dict
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from trainer.config import to_dict
 
-    (out_dir / "config.json").write_text(json.dumps(to_dict(recipe), indent=1) + "\n")
-    return PhaseContext(recipe, out_dir, device, teacher, data, resume)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(recipe), indent=1) + "\n")
+    return PhaseContext(recipe, out_dir, teacher, data, resume, info)
 
 
 PHASES = ("phase1", "phase2", "phase3")
 
 
 def run_nano_b(
-    recipe: NanoBRecipe, out: str | Path | None = None, resume: bool = False, until: str = "phase3"
+    recipe: NanoBRecipe,
+    out: str | Path | None = None,
+    resume: bool = False,
+    until: str = "phase3",
+    info: DistInfo | None = None,
 ) -> dict[str, Any]:
-    """Phase 1 -> phase 2 -> phase 3 -> export; returns (and writes) the summary.
+    """Phase 1 -> phase 2 -> phase 3 -> export; returns (and writes, on rank 0) the summary.
 
     ``until`` stops after an earlier phase (e.g. ``"phase1"`` for a distillation ablation); the run
-    can later go on with ``resume=True``. Export only follows a complete run.
+    can later go on with ``resume=True``. Export only follows a complete run. Launched by torchrun,
+    every rank trains and rank 0 alone searches, evaluates and writes (``info`` is the caller's
+    process group; by default one is joined from torchrun's environment and left at the end).
     """
     if until not in PHASES:
         raise ConfigError(f"until must be one of {', '.join(PHASES)}, got {until!r}")
+    owned = info is None
+    if info is None:
+        info = init_distributed(recipe.run.device)
+    try:
+        return _run_phases(make_context(recipe, out, resume, info), until)
+    finally:
+        if owned:
+            cleanup(info)
+
+
+def _run_phases(ctx: PhaseContext, until: str) -> dict[str, Any]:
     start = time.perf_counter()
-    ctx = make_context(recipe, out, resume)
+    recipe = ctx.recipe
     log.info("data: %s", ctx.data.describe())
     last = PHASES.index(until)
     p1 = phase1_distill(ctx)
     p2 = phase2_prune(ctx, p1) if last >= 1 else None
     p3 = phase3_finetune(ctx, p2) if p2 is not None and last >= 2 else None
-    onnx_path = export_student(ctx, p3) if p3 is not None and recipe.run.export else None
+    export = p3 is not None and recipe.run.export and ctx.info.is_main
+    onnx_path = export_student(ctx, p3) if export else None
     summary: dict[str, Any] = {
         "data": ctx.data.describe(),
         "val_events": list(recipe.split.val_events),
@@ -103,7 +125,9 @@ def run_nano_b(
         path = ctx.out / name / "eval.json"
         if path.is_file():
             summary[name] = json.loads(path.read_text())
-    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    if ctx.info.is_main:
+        (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    barrier(ctx.info)
     return summary
 
 

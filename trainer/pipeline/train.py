@@ -1,28 +1,30 @@
-"""The step loop every Nano-B phase runs: KD steps through the engine's optimiser step (NaN guard,
-AMP, clipping from ``[run]``), logging, checkpoints, resume (nanoGPT style).
+"""A Nano-B phase's training: KD steps through the engine's one loop
+(:func:`~trainer.engine.loop.train_loop`: NaN guard, AMP and clipping from ``[run]``, logging,
+checkpoints), under DDP when launched by torchrun.
 
 ``train_steps`` runs optimiser steps ``[start, steps)`` on a student. With an ``out`` folder it logs
 ``metrics.jsonl/.csv`` every ``log_every`` steps, saves the full training state (student, KD weights,
 optimiser, schedule, RNG, any ``extra_state``) every ``ckpt_every`` steps and at the end, and on
 ``resume`` continues from ``out/last.pt`` exactly where the killed run stopped. Without ``out`` it is
-the short, silent fine-tune of a pruning trial.
+the short, silent fine-tune of a pruning trial. Under DDP (``ctx.info``) each rank trains on its own
+shard of every epoch with ``data.batch_size`` images a step; the student's and the KD weights'
+gradients are averaged over ranks, so every rank holds the same network after every step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from trainer.engine.checkpoint import Checkpointer, restore
+from trainer.engine.ddp import DistInfo, average_gradients, broadcast_buffers, wrap_model
 from trainer.engine.log import JsonlLogger
-from trainer.engine.loop import optimizer_step
+from trainer.engine.loop import LoopSettings, TrainState, train_loop
 from trainer.engine.optim import build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
 from trainer.pipeline.data import PipelineData, batch_stream
@@ -34,14 +36,23 @@ StepHook = Callable[[int], dict[str, float] | None]  # called before optimiser s
 
 @dataclasses.dataclass
 class PhaseContext:
-    """What every phase needs: the recipe, the output root, the device, the teacher, the data."""
+    """What every phase needs: the recipe, the output root, the teacher, the data, where this process
+    sits (rank and device; one process unless launched by torchrun)."""
 
     recipe: NanoBRecipe
     out: Path
-    device: torch.device
     teacher: nn.Module | None
     data: PipelineData
     resume: bool = False
+    info: DistInfo = dataclasses.field(default_factory=DistInfo)
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    def alone(self) -> PhaseContext:
+        """This context as one process: for work rank 0 does by itself (the pruning search's trials)."""
+        return dataclasses.replace(self, info=DistInfo(device=self.device))
 
 
 def train_steps(
@@ -64,71 +75,85 @@ def train_steps(
     all 1, which would jolt the balance the student had settled into); returns their final state.
     ``cycles`` / ``restart_scale``: warm restarts of the schedule (:func:`build_scheduler`).
     """
-    recipe, device = ctx.recipe, ctx.device
+    recipe, info = ctx.recipe, ctx.info
     run = recipe.run
-    losses = make_losses(recipe, recipe.data.img_dim, device)
+    losses = make_losses(recipe, recipe.data.img_dim, info.device)
     if kd_state:
         losses.kd.load_state_dict(kd_state)
-    student.to(device)
+    # The bare student stays the caller's: DDP wraps it and updates it in place. No SyncBatchNorm:
+    # pruning surgery and export read the student's own BatchNorm2d modules.
+    model = wrap_model(student, info, sync_bn=False)
+    losses.kd.to(info.device)
+    average_gradients(losses.kd, info)
     trainable = nn.ModuleDict({"student": student, "kd": losses.kd})
     optim_cfg = dataclasses.replace(recipe.optim, lr=recipe.optim.lr * lr_scale)
     optimizer = build_optimizer(trainable, optim_cfg)
-    per_epoch = max(len(ctx.data.train) // recipe.data.batch_size, 1)  # type: ignore[arg-type]
+    per_epoch = max(len(ctx.data.train) // (recipe.data.batch_size * info.world_size), 1)  # type: ignore[arg-type]
     scheduler = build_scheduler(optimizer, optim_cfg, steps, per_epoch, cycles, restart_scale)
-    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and info.device.type == "cuda")
 
-    start = 0
+    state = TrainState()
     ckpt = Checkpointer(out) if out is not None else None
     if ckpt is not None and ctx.resume and ckpt.last.is_file():
-        state = ckpt.load()
-        restore(state, trainable, optimizer, scheduler, scaler)
+        saved = ckpt.load(map_location=info.device)
+        restore(saved, trainable, optimizer, scheduler, scaler)
         if load_extra is not None:
-            load_extra(state.get("extra", {}))
-        start = int(state["step"])
-    logger = JsonlLogger(out, resume_step=start if start else None) if out is not None else None
+            load_extra(saved.get("extra", {}))
+        state.step = int(saved["step"])
+    logger = None
+    if out is not None and info.is_main:
+        logger = JsonlLogger(out, resume_step=state.step if state.step else None)
 
-    stream = batch_stream(ctx.data.train, recipe.data.batch_size, run.seed, start, recipe.data.num_workers)
-    began = time.perf_counter()
-    bar = tqdm(range(start, steps), desc=name, unit="step", disable=not (run.progress and out is not None))
-    step_fn = kd_step(ctx.teacher, losses)
-    for step in bar:
-        hooked = hook(step) if hook is not None else None
-        logs = optimizer_step(
-            student,
-            next(stream),
-            step_fn,
-            optimizer,
-            scheduler,
-            scaler,
-            device=device,
-            amp=run.amp,
-            grad_clip=run.grad_clip,
-            clip_params=student.parameters(),  # the network's, not the KD loss weights'
-            where=f"{name} step {step}",
-        )
-        done = step + 1
-        if logger is not None and (done % run.log_every == 0 or done == steps):
-            row: dict[str, Any] = {
-                "step": done,
-                "kind": "train",
-                "lr": optimizer.param_groups[0]["lr"],
-                "sec": round(time.perf_counter() - began, 2),  # since this (re)start: throughput
-                **logs,
-                **(hooked or {}),
-            }
-            logger.log(row)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        if ckpt is not None and (done % run.ckpt_every == 0 or done == steps):
-            state = {
-                "step": done,
+    def save() -> None:
+        assert ckpt is not None
+        ckpt.save(
+            {
+                "step": state.step,
                 "model": trainable.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),  # the AMP loss scale (empty when AMP is off)
                 "extra": extra_state() if extra_state is not None else {},
             }
-            ckpt.save(state)
-    stream.close()  # stop the loader's workers now, not whenever the generator is collected
+        )
+
+    settings = LoopSettings(
+        name=name,
+        amp=run.amp,
+        grad_clip=run.grad_clip,
+        log_every=run.log_every if out is not None else 0,
+        save_every=run.ckpt_every,
+        progress=run.progress and out is not None,
+    )
+    stream = batch_stream(
+        ctx.data.train,
+        recipe.data.batch_size,
+        run.seed,
+        state.step,
+        recipe.data.num_workers,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    try:
+        train_loop(
+            model,
+            stream,
+            kd_step(ctx.teacher, losses),
+            optimizer,
+            scheduler,
+            scaler,
+            info,
+            state,
+            steps,
+            settings,
+            clip_params=student.parameters(),  # the network's, not the KD loss weights'
+            logger=logger,
+            save=save if ckpt is not None else None,
+            before_step=hook,
+        )
+    finally:
+        stream.close()  # stop the loader's workers now, not whenever the generator is collected
+    broadcast_buffers(trainable, info)  # every rank leaves with the same network and KD weights
     if logger is not None and out is not None:
         rows = logger.rows()
         plot_losses(
