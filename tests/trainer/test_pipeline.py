@@ -317,3 +317,47 @@ def test_pipeline_refuses_a_recipe_that_trains_on_wider_val_eval(tmp_path: Path)
     )
     with pytest.raises(DatasetError, match="is the evaluation image"):
         build_pipeline_data(recipe, None)
+
+
+@pytest.mark.shared
+def test_a_killed_phase_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+    """A Nano-B phase killed after a checkpoint and resumed ends bit for bit where an uninterrupted
+    one does: same batches, schedule, KD weights, soft-pruning hook state and RNG."""
+    need_shared("weights/featherface_v1_official.pth")
+    need_shared("data/wider-train-pool")
+    import dataclasses
+
+    from trainer.pipeline.run import make_context
+    from trainer.pipeline.train import train_steps
+
+    class Killed(Exception):
+        pass
+
+    ctx = make_context(tiny_recipe(tmp_path / "run"), tmp_path / "run")
+    calls: list[int] = []
+
+    def run(out: Path, kill_at: int | None = None, resume: bool = False) -> NanoB:
+        torch.manual_seed(0)
+        student = NanoB(ctx.recipe.model)
+
+        def hook(step: int) -> dict[str, float]:
+            calls.append(step)
+            if step == kill_at:
+                raise Killed
+            with torch.no_grad():  # a soft-pruning-like edit before the step, as phase 2 makes
+                next(student.parameters())[0].zero_()
+            return {"hooked": float(step)}
+
+        train_steps(dataclasses.replace(ctx, resume=resume), student, 5, 1.0, out, "test", hook)
+        return student
+
+    straight = run(tmp_path / "straight").state_dict()
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", kill_at=3)  # steps 0-2 done and checkpointed (ckpt_every = 1)
+    calls.clear()
+    resumed = run(tmp_path / "killed", resume=True).state_dict()
+    assert calls == [3, 4]  # nothing replayed
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    from trainer.engine.log import read_jsonl
+
+    assert [r["step"] for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
