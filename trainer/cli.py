@@ -162,6 +162,7 @@ def nano_b(
     """Nano-B: distill from V1, B-FPGM prune, fine-tune, export ONNX (three resumable phases)."""
     import json
     import logging
+    import os
 
     from trainer.config import override, parse_assignments
     from trainer.pipeline.recipe import load_recipe
@@ -169,12 +170,14 @@ def nano_b(
 
     # Our own progress at INFO; the exporters' chatty INFO logs (onnxscript passes) stay quiet.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("trainer").setLevel(logging.INFO)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports progress
+    logging.getLogger("trainer").setLevel(logging.INFO if main_rank else logging.WARNING)
     recipe = load_recipe(config)
     if set_:
         recipe = override(recipe, parse_assignments(set_), source="--set")
     summary = run_nano_b(recipe, out, resume, until)
-    typer.echo(json.dumps(summary, indent=1, default=str))
+    if main_rank:
+        typer.echo(json.dumps(summary, indent=1, default=str))
 
 
 def main() -> None:

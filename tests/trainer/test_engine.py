@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,6 +297,31 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
     assert rows_a == rows_b and [r["step"] for r in rows_b] == [1, 2, 3, 3, 4]  # step 3 ends epoch 0
 
 
+def test_resume_refuses_another_epoch_length_and_closes_an_unclosed_epoch(tmp_path: Path) -> None:
+    """The data position of a resumed run is its step in epochs of a fixed length: a run resumed with
+    a different length (batch size or process count) is refused; a checkpoint saved after an epoch's
+    last step but before its close gets the epoch closed (mean row logged) before training goes on."""
+    label = make_images(tmp_path / "data", 6)  # 3 steps an epoch at batch 2
+
+    def cfg(max_steps: int) -> RunConfig:
+        out = str(tmp_path / "r")
+        return RunConfig(out_dir=out, epochs=2, max_steps=max_steps, device="cpu", progress=False)
+
+    train(tmp_path, label, cfg(2), OptimConfig())
+    ckpt = Checkpointer(tmp_path / "r")
+    state = ckpt.load()
+    assert state["steps_per_epoch"] == 3
+    ckpt.save({**state, "steps_per_epoch": 2})  # as if saved by a run with 2 steps an epoch
+    with pytest.raises(ConfigError, match="saved at 2 steps an epoch, this run has 3"):
+        train(tmp_path, label, cfg(4), OptimConfig(), resume=True)
+    # Step 3 done, epoch 0 not yet closed (what a save between the two used to leave).
+    ckpt.save({**state, "step": 3, "step_in_epoch": 3, "epoch_sums": {"loss": 3.0}, "steps_per_epoch": 3})
+    _, res = train(tmp_path, label, cfg(4), OptimConfig(), resume=True)
+    assert res.state.step == 4 and res.state.epoch == 1 and res.state.step_in_epoch == 1
+    epochs = [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [(r["epoch"], r["step"], r["loss"]) for r in epochs] == [(0, 3, 1.0)]
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -464,3 +490,54 @@ def test_optimizer_step_clips_guards_and_reports_floats() -> None:
             device=torch.device("cpu"),
             where="phase x step 7",
         )
+
+
+def _nan_worker(rank: int, port: int, tmp: str) -> None:
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    from trainer.engine.ddp import cleanup, init_distributed, wrap_model
+    from trainer.engine.loop import DivergedError, optimizer_step
+
+    info = init_distributed("cpu")
+    try:
+        model = wrap_model(nn.Linear(2, 1), info)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+
+        def step(m, images, targets):  # rank 1's loss diverges, rank 0's is fine
+            out = m(images).sum()
+            return {"loss": out * float("nan") if rank == 1 else out}
+
+        batch = (torch.ones(4, 2), [torch.zeros(1)])
+        try:
+            optimizer_step(model, batch, step, opt, sched, scaler, device=info.device, info=info, where="s")
+        except DivergedError as exc:
+            (Path(tmp) / f"rank{rank}.txt").write_text(str(exc))
+    finally:
+        cleanup(info)
+
+
+def test_a_loss_that_diverges_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    """Under DDP the NaN guard is collective: the rank with a finite loss stops too, instead of waiting
+    forever in backward's all-reduce for the rank that stopped."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.spawn(_nan_worker, args=(port, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank hung after another rank's loss diverged")
+    assert "loss is nan" in (tmp_path / "rank1.txt").read_text()
+    assert "not finite on another rank" in (tmp_path / "rank0.txt").read_text()

@@ -24,7 +24,7 @@ from trainer.data.dataset import batches_per_epoch, endless_batches
 from trainer.engine.checkpoint import Checkpointer, restore
 from trainer.engine.ddp import DistInfo, average_gradients, barrier, unwrap, wrap_model
 from trainer.engine.log import JsonlLogger
-from trainer.engine.loop import LoopSettings, StepFn, TrainState, train_loop
+from trainer.engine.loop import LoopSettings, StepFn, TrainState, close_epoch, train_loop
 from trainer.engine.optim import OptimConfig, build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
 from trainer.models.files import save_model
@@ -103,7 +103,8 @@ def fit(
     if not resume and ckpt.last.exists():
         raise ConfigError(f"{out} already holds a training run (last.pt): use --resume or another --out")
     if resume:
-        saved = ckpt.load(None if resume is True else resume, map_location=info.device)
+        # On the CPU: the RNG states must stay CPU tensors; load_state_dict copies weights to the device.
+        saved = ckpt.load(None if resume is True else resume, map_location="cpu")
         restore(saved, unwrap(model), optimizer, scheduler, scaler)
         if aux is not None:
             aux.load_state_dict(saved["aux"])
@@ -111,6 +112,12 @@ def fit(
         if changed and info.is_main:
             log.warning("resuming with a changed config: %s", ", ".join(changed))
         state = TrainState(saved["epoch"], saved["step"], saved["step_in_epoch"], saved["epoch_sums"])
+        saved_per = saved.get("steps_per_epoch", steps_per_epoch)  # absent from older checkpoints
+        if saved_per != steps_per_epoch or state.epoch * steps_per_epoch + state.step_in_epoch != state.step:
+            raise ConfigError(
+                f"{ckpt.last if resume is True else resume}: saved at {saved_per} steps an epoch, this run "
+                f"has {steps_per_epoch}; resume with the batch size and number of processes it started with"
+            )
     logger = JsonlLogger(out, resume_step=state.step if resume else None) if info.is_main else None
 
     def save() -> None:
@@ -123,6 +130,7 @@ def fit(
                 "epoch": state.epoch,
                 "step": state.step,
                 "step_in_epoch": state.step_in_epoch,
+                "steps_per_epoch": steps_per_epoch,  # the data position resume relies on
                 "epoch_sums": dict(state.epoch_sums),
                 "config": config or {},
                 "extra": extra_state or {},
@@ -135,6 +143,11 @@ def fit(
             logger.log({"kind": "epoch", "step": state.step, "epoch": epoch, **means})
             plot_losses(logger.rows(), out / "loss_curves.png")
 
+    if state.step_in_epoch >= steps_per_epoch:  # saved between an epoch's last step and its close
+        close_epoch(state, info, end_epoch)
+        if info.is_main:
+            save()
+        barrier(info)
     stop = min(run.max_steps, total_steps) if run.max_steps else total_steps
     if state.step < stop:
         batches = endless_batches(

@@ -85,11 +85,13 @@ def optimizer_step(
     grad_clip: float = 0.0,
     clip_params: Iterable[nn.Parameter] | None = None,
     where: str = "",
+    info: DistInfo | None = None,
 ) -> dict[str, float]:
     """One optimiser step on ``batch`` (see the module doc); returns the step's losses as floats.
 
     ``clip_params`` are the parameters whose gradient norm ``grad_clip`` caps (default: the model's);
-    ``where`` names the step in the divergence error.
+    ``where`` names the step in the divergence error; under DDP (``info``) every rank stops together
+    when any rank's loss is not finite (otherwise the others would wait in backward's all-reduce).
     """
     images, targets = batch
     images = images.to(device, non_blocking=True)
@@ -98,8 +100,14 @@ def optimizer_step(
         losses = step_fn(model, images, targets)
     loss = losses["loss"]
     assert isinstance(loss, torch.Tensor), "step_fn must return the total loss as a tensor"
-    if not torch.isfinite(loss):
-        raise DivergedError(f"loss is {loss.item()} at {where or 'a step'}; lower optim.lr or check the data")
+    bad = not torch.isfinite(loss).item()
+    if info is not None and info.distributed:
+        flag = torch.tensor([float(bad)], device=info.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        bad = bool(flag.item())
+    if bad:
+        value = loss.item() if not torch.isfinite(loss) else "not finite on another rank"
+        raise DivergedError(f"loss is {value} at {where or 'a step'}; lower optim.lr or check the data")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:
@@ -167,6 +175,7 @@ def train_loop(
             grad_clip=s.grad_clip,
             clip_params=clip,
             where=where,
+            info=info,
         )
         state.step += 1
         n_window += 1
@@ -198,18 +207,22 @@ def train_loop(
             for k, v in vals.items():
                 state.epoch_sums[k] = state.epoch_sums.get(k, 0.0) + v
             if state.step_in_epoch >= per:
-                _close_epoch(state, info, on_epoch)
+                close_epoch(state, info, on_epoch)
                 ended = True
         if save is not None and (
             ended or state.step == stop or (s.save_every and state.step % s.save_every == 0)
         ):
+            if per and state.epoch_sums:
+                # Rank 0 saves the sums for every rank: make them the ranks' mean (the epoch mean is
+                # linear in them, so a resumed epoch's mean stays exact). A collective, reached by all.
+                state.epoch_sums = mean_across_ranks(state.epoch_sums, info)
             if info.is_main:
                 save()
             barrier(info)
     bar.close()
 
 
-def _close_epoch(
+def close_epoch(
     state: TrainState, info: DistInfo, on_epoch: Callable[[int, dict[str, float]], None] | None
 ) -> None:
     """The epoch view: mean losses of the finished epoch over every rank, then the next epoch."""

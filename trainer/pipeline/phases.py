@@ -146,10 +146,6 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
     # The penalty counts what DESIGN §2 counts: parameters of the exported file (BN folded into convs).
     param_count = ParamCounter(student, groups, example, multiple=pcfg.channel_multiple)
 
-    # The latency term is relative to the unpruned student, so its weight reads "score units per
-    # 100 % of the unpruned network's single-thread time".
-    ref_ms = onnx_latency_ms(student, recipe.run.export_size) if pcfg.latency_weight else 0.0
-
     # 1. Bayesian search: each trial prunes a copy at its rates, recovers briefly, scores held-out data.
     #    Rank 0 alone runs it (one study file, trials one process each); the others wait for its rates.
     alone = ctx.alone()
@@ -174,6 +170,10 @@ def phase2_prune(ctx: PhaseContext, phase1: Path) -> Path:
 
     search_dir = out / "search"
     if not (search_dir / "best_rates.json").is_file() and ctx.info.is_main:
+        # The latency term is relative to the unpruned student, so its weight reads "score units per
+        # 100 % of the unpruned network's single-thread time". Timed here, on rank 0 alone, as the
+        # trials are (with every other rank idle at the barrier below).
+        ref_ms = onnx_latency_ms(student, recipe.run.export_size) if pcfg.latency_weight else 0.0
         run_search(objective, param_count, search_dir, _search_config(recipe))
     barrier(ctx.info)
     rates = load_best_rates(search_dir / "best_rates.json")

@@ -95,7 +95,7 @@ def train_steps(
     state = TrainState()
     ckpt = Checkpointer(out) if out is not None else None
     if ckpt is not None and ctx.resume and ckpt.last.is_file():
-        saved = ckpt.load(map_location=info.device)
+        saved = ckpt.load(map_location="cpu")  # RNG states stay CPU tensors; weights are copied over
         restore(saved, trainable, optimizer, scheduler, scaler)
         if load_extra is not None:
             load_extra(saved.get("extra", {}))
