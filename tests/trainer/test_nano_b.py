@@ -143,6 +143,17 @@ def test_init_from_teacher_copies_most_tensors_and_keeps_cbam_function() -> None
         assert torch.allclose(student.ssh_cs[1](p), teacher.ssh2_cs(p), atol=1e-5)
 
 
+@pytest.mark.shared
+@pytest.mark.parametrize("cells", [1, 2, 3])
+def test_every_bifpn_tensor_starts_from_the_teacher_whatever_the_cell_count(cells: int) -> None:
+    """The last cell comes from V1's last; a one-cell student's input projections (which only a stack's
+    first cell has) from V1's first cell, so no BiFPN tensor starts fresh."""
+    path = need_shared("weights/featherface_v1_official.pth")
+    report = init_from_teacher(NanoB(NanoBConfig(bifpn_cells=cells)), path)
+    assert not [k for k in report.fresh if k.startswith("bifpn.")]
+    assert any(k.startswith("bifpn.0.p5_down_channel") for k in report.copied)
+
+
 def test_untrained_model_starts_with_low_face_scores() -> None:
     torch.manual_seed(0)
     m = NanoB().eval()

@@ -11,7 +11,8 @@ allows; copied teacher tensors do. Nano-B keeps V1's widths wherever it can, so 
   the extra columns of ``mlp.3`` are zeroed, so the gate computes exactly the teacher's
 - ``post_cbam.{1,2}.*``            <- ``bif_cbam_{1,2}.*`` (same zero-padded widening)
 - ``bifpn.j.*``                    <- ``bifpn.j.*`` for the first cells, the last student cell from
-  the teacher's last cell (the one whose outputs the teacher's CBAM / SSH were trained on)
+  the teacher's last cell (the one whose outputs the teacher's CBAM / SSH were trained on); a
+  one-cell student's input projections from the teacher's first cell
 - ``ssh.k.<branch>.0.weight``      <- ``ssh{k+1}.<branch>.0.regular_conv.weight`` sliced to groups:
   output filter o of group g keeps the teacher's input channels of group g (offsets / modulators of
   the deformable conv have no counterpart and are dropped); BNs copied
@@ -129,6 +130,10 @@ def init_from_teacher(
     for key, dst in sstate.items():
         tkey = teacher_key(key, bifpn_map)
         src = tstate.get(tkey) if tkey else None
+        if src is None and key.startswith("bifpn.0.") and t_cells:
+            # A one-cell student takes V1's last cell, which has no input projections (only a stack's
+            # first cell does): those come from V1's first cell, so the whole BiFPN starts trained.
+            src = tstate.get(f"bifpn.{t_cells[0]}.{key.split('.', 2)[2]}")
         if src is None:
             report.fresh.append(key)
             continue
