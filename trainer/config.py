@@ -40,16 +40,14 @@ def load_config(path: str | Path, cls: type[T]) -> T:
 def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "<config>", table: str = "") -> T:
     """Build dataclass ``cls`` from a mapping: nested dataclass fields recurse here, each table is
     checked by the edge's strict table loader (one set of rules for both config trees)."""
-    if not isinstance(data, Mapping):
-        where = f"[{table}]" if table else "top level"
-        raise ConfigError(f"{source}: {where} must be a table, got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    values = dict(data)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in values and dataclasses.is_dataclass(hints[f.name]):
-            key = f"{table}.{f.name}" if table else f.name
-            values[f.name] = from_dict(hints[f.name], values[f.name], source, key)
-    return build_table(cls, values, table, origin=source)
+    if isinstance(data, Mapping):  # anything else is refused, named, by build_table
+        hints = get_type_hints(cls)
+        data = dict(data)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in data and dataclasses.is_dataclass(hints[f.name]):
+                key = f"{table}.{f.name}" if table else f.name
+                data[f.name] = from_dict(hints[f.name], data[f.name], source, key)
+    return build_table(cls, data, table, origin=source)  # type: ignore[arg-type]
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from deploy.bundle import build_wheel
-from tests.deploy.deploy_helpers import SshServer, free_port, make_bundle
+from edge.broker import free_port
+from tests.deploy.deploy_helpers import SshServer, make_bundle
 
 SSHD = Path("/usr/sbin/sshd")
 

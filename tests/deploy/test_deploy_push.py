@@ -16,7 +16,8 @@ import pytest
 
 from deploy.install import DeployError, Layout
 from deploy.push import Target
-from tests.deploy.deploy_helpers import SshServer, free_port, release_of, run_deploy
+from edge.broker import free_port
+from tests.deploy.deploy_helpers import SshServer, release_of, run_deploy
 
 
 def _push(

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edge.anchors import prior_boxes
+from edge.broker import free_port
 from edge.errors import ConfigError, ModelError
 from trainer.config import from_dict, load_config, override
 from trainer.data.dataset import DataConfig, build_dataset
@@ -409,14 +410,10 @@ def _ddp_worker(rank: int, port: int, tmp: str, label: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_stay_in_sync_and_only_rank0_writes(tmp_path: Path) -> None:
-    import socket
-
     import torch.multiprocessing as mp
 
     label = make_images(tmp_path / "data", 8)  # 8 images, 2 ranks x batch 2 -> 2 steps
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "run"
     mp.spawn(_ddp_worker, args=(port, str(out), str(label)), nprocs=2, join=True)
     a, b = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
@@ -525,13 +522,9 @@ def _nan_worker(rank: int, port: int, tmp: str) -> None:
 def test_a_loss_that_diverges_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     """Under DDP the NaN guard is collective: the rank with a finite loss stops too, instead of waiting
     forever in backward's all-reduce for the rank that stopped."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.spawn(_nan_worker, args=(port, str(tmp_path)), nprocs=2, join=False)
     deadline = time.monotonic() + 120
     while not ctx.join(timeout=1):

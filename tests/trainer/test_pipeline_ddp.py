@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
+from edge.broker import free_port
 from tests.shared_paths import need_shared
 
 
@@ -45,9 +45,7 @@ def test_nano_b_phases_train_in_step_on_two_processes(tmp_path: Path) -> None:
 
     from trainer.engine.log import read_jsonl
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "run"
     mp.spawn(_worker, args=(port, str(out)), nprocs=2, join=True)
 

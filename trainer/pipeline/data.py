@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from edge.errors import DatasetError
 from trainer.data.augment import EvalTransform, TrainTransform
-from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset, endless_batches
+from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset
 from trainer.data.labels import FaceSample, read_label_txt
 from trainer.data.pseudo import Detect, list_images
 from trainer.data.wider import (
@@ -232,17 +232,3 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
             "no training data: set data.wider_root, label_file, synthetic_scenes or pseudo_images"
         )
     return PipelineData(EpochConcat(parts), val_ds, val_gt, images_dir, train_n, val_n)
-
-
-def batch_stream(
-    dataset: Dataset,
-    batch_size: int,
-    seed: int,
-    start_step: int = 0,
-    num_workers: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Generator[tuple[torch.Tensor, list[torch.Tensor]], None, None]:
-    """Endless batches (this rank's shard) epoch after epoch; starting at ``start_step`` replays
-    nothing already seen."""
-    return endless_batches(dataset, batch_size, seed, num_workers, start_step, rank, world_size)

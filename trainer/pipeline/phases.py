@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
+from trainer.data.dataset import endless_batches
 from trainer.engine.ddp import barrier
 from trainer.models.files import load_kd_state, load_student, save_student
 from trainer.models.init_from_teacher import init_backbone_imagenet, init_from_teacher
 from trainer.models.nano_b import NanoB
-from trainer.pipeline.data import batch_stream
 from trainer.pipeline.loop import make_losses, recalibrate_bn, validation_ap, validation_loss
 from trainer.pipeline.train import PhaseContext, train_steps
 from trainer.prune.groups import model_groups
@@ -53,7 +53,7 @@ def _recalibrate(ctx: PhaseContext, model: torch.nn.Module) -> None:
     # batches of 32 at 640 px on the 2-core development machine, while a whole H100 search trial took
     # 22-27 s. No more workers than batches (each prefetches two). Same batches either way.
     workers = min(data.num_workers, steps)
-    batches = batch_stream(ctx.data.train, data.batch_size, ctx.recipe.run.seed + 1, 0, workers)
+    batches = endless_batches(ctx.data.train, data.batch_size, ctx.recipe.run.seed + 1, workers)
     try:
         recalibrate_bn(model.to(ctx.device), batches, steps, ctx.device)
     finally:

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.data.dataset import batches_per_epoch, endless_batches
 from trainer.engine.checkpoint import Checkpointer, restore
 from trainer.engine.ddp import DistInfo, average_gradients, broadcast_buffers, wrap_model
 from trainer.engine.log import JsonlLogger
 from trainer.engine.loop import LoopSettings, TrainState, train_loop
 from trainer.engine.optim import build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
-from trainer.pipeline.data import PipelineData, batch_stream
+from trainer.pipeline.data import PipelineData
 from trainer.pipeline.loop import kd_step, make_losses
 from trainer.pipeline.recipe import NanoBRecipe
 
@@ -88,7 +89,7 @@ def train_steps(
     trainable = nn.ModuleDict({"student": student, "kd": losses.kd})
     optim_cfg = dataclasses.replace(recipe.optim, lr=recipe.optim.lr * lr_scale)
     optimizer = build_optimizer(trainable, optim_cfg)
-    per_epoch = max(len(ctx.data.train) // (recipe.data.batch_size * info.world_size), 1)  # type: ignore[arg-type]
+    per_epoch = max(batches_per_epoch(ctx.data.train, recipe.data.batch_size, info.world_size), 1)
     scheduler = build_scheduler(optimizer, optim_cfg, steps, per_epoch, cycles, restart_scale)
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp and info.device.type == "cuda")
 
@@ -125,12 +126,12 @@ def train_steps(
         save_every=run.ckpt_every,
         progress=run.progress and out is not None,
     )
-    stream = batch_stream(
+    stream = endless_batches(
         ctx.data.train,
         recipe.data.batch_size,
         run.seed,
-        state.step,
         recipe.data.num_workers,
+        start_batch=state.step,
         rank=info.rank,
         world_size=info.world_size,
     )
