@@ -11,7 +11,8 @@ import typer
 
 from edge import __version__
 from edge.console import run_app, version_option
-from edge.errors import ConfigError, FeatherFaceError
+from edge.errors import FeatherFaceError
+from edge.service import DEFAULT_CONFIG, run_daemon
 
 EXAMPLE_CONFIG = Path(__file__).with_name("config.example.toml")
 
@@ -169,37 +170,15 @@ def bench(
 ConfigArg = Annotated[Path, typer.Argument(help="TOML config file (see edge/config.example.toml).")]
 
 
-def _quiet_native_logs() -> None:
-    """Keep OpenCV's and FFmpeg's own WARN lines (an RTSP hiccup, a codec note) out of the daemon's log:
-    the daemon reports what matters itself. OpenCV reads both variables when cv2 is imported and when
-    FFmpeg starts, so they are set before anything imports cv2; a value the user set wins."""
-    import os
-
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "16")  # AV_LOG_ERROR
-
-
 @app.command()
 def run(
-    config: Annotated[Path, typer.Option("--config", "-c", help="TOML config file.")] = Path(
-        "/etc/featherface/edge.toml"
-    ),
+    config: Annotated[Path, typer.Option("--config", "-c", help="TOML config file.")] = DEFAULT_CONFIG,
 ) -> None:
     """Run the daemon: camera -> detector -> tracker -> MQTT, until SIGTERM/SIGINT."""
-    _quiet_native_logs()  # before the imports below bring in cv2
-    from edge.config import load_config
-    from edge.daemon import configure_logging
-    from edge.daemon import run as run_daemon
-
+    # The console entry runs the plain forms of this command without typer (edge.service.main);
+    # other spellings of it (`-cFILE`) and the tests' CliRunner come here, to the same function.
     with _one_line_errors():
-        if not config.exists():
-            raise ConfigError(
-                f"config file {config} does not exist; start from the annotated example: "
-                f"featherface-edge example-config > edge.toml, then run -c edge.toml"
-            )
-        cfg = load_config(config)
-        configure_logging(cfg.device.log_level)
-        code = run_daemon(cfg)
+        code = run_daemon(config)
     raise typer.Exit(code)
 
 

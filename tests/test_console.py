@@ -9,7 +9,8 @@ import pytest
 
 from edge import __version__
 
-PROGRAMS = {"featherface-edge": "edge.cli", "featherface-train": "trainer.cli"}
+# The entry points of pyproject [project.scripts].
+PROGRAMS = {"featherface-edge": "edge.service", "featherface-train": "trainer.cli"}
 
 
 def _run(prog: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -52,6 +53,21 @@ def test_featherface_error_is_one_line_with_its_exit_code(tmp_path) -> None:
         res.stderr.strip()
         == f"featherface-edge: error: config file {tmp_path / 'missing.toml'} does not exist"
     )
+
+
+def test_the_daemon_command_reports_like_every_other(tmp_path) -> None:
+    """`run` skips the CLI framework (edge.service) but keeps its errors, help and usage messages."""
+    missing = tmp_path / "missing.toml"
+    res = _run("featherface-edge", "run", "-c", str(missing))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"featherface-edge: error: config file {missing} does not exist; start from the annotated "
+        "example: featherface-edge example-config > edge.toml, then run -c edge.toml"
+    ]
+    res = _run("featherface-edge", "run", "--help")
+    assert res.returncode == 0 and "--config" in res.stdout
+    res = _run("featherface-edge", "run", "--config")
+    assert res.returncode == 2 and "requires an argument" in res.stderr
 
 
 def test_help_prints_toml_table_names_verbatim() -> None:

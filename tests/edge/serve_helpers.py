@@ -23,7 +23,8 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        cmd = [sys.executable, "-c", "from edge.cli import main; main()", "serve", "--config", str(config)]
+        entry = "from edge.service import main; main()"
+        cmd = [sys.executable, "-c", entry, "serve", "--config", str(config)]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [*cmd, "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO
