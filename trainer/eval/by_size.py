@@ -1,0 +1,110 @@
+"""Recall by face size and unmatched detections: where a detector loses faces, in pixels.
+
+WIDER's easy / medium / hard AP mixes face size with false positives; this splits them. For each face
+of the ground truth, its size is ``sqrt(w * h)`` in original pixels; a face counts as found at score
+threshold ``t`` when a detection scoring at least ``t`` overlaps it with IoU >= 0.5. Detections that
+overlap no face with IoU >= 0.3 are counted as unmatched (false positives, or faces WIDER left
+unlabelled).
+
+    python -m trainer.eval.by_size MODEL [MODEL ...] [--label-file ../shared/data/wider-train-pool/label.txt]
+        [--val-images 96]
+
+runs each model (``.onnx`` or a trainer checkpoint) at original size on the pipeline's held-out images
+of the label file (the ``split.val_images`` lowest-hashed, ``trainer.pipeline.data.split_by_image``:
+never trained on) and prints one table per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainer.eval.widerface import box_overlaps
+
+BINS = (0, 10, 16, 24, 32, 48, 64, 128, 256)  # lower edges in pixels; the last bin is open
+THRESHOLDS = (0.3, 0.5, 0.7)
+
+
+@dataclass
+class SizeRecall:
+    """Counts over images: faces per size bin, faces found per threshold and bin, unmatched detections."""
+
+    bins: tuple[int, ...] = BINS
+    thresholds: tuple[float, ...] = THRESHOLDS
+    faces: np.ndarray = field(init=False)
+    found: np.ndarray = field(init=False)
+    unmatched: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.faces = np.zeros(len(self.bins), dtype=np.int64)
+        self.found = np.zeros((len(self.thresholds), len(self.bins)), dtype=np.int64)
+        self.unmatched = np.zeros(len(self.thresholds), dtype=np.int64)
+
+    def add(self, gt: np.ndarray, dets: np.ndarray) -> None:
+        """One image: ``gt`` ``(N, 4)`` corner boxes, ``dets`` ``(M, >=5)`` corner boxes and score."""
+        gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+        dets = np.asarray(dets, dtype=np.float64).reshape(len(dets), -1)
+        size = np.sqrt(np.maximum(gt[:, 2] - gt[:, 0], 1.0) * np.maximum(gt[:, 3] - gt[:, 1], 1.0))
+        which = np.clip(np.searchsorted(self.bins, size, side="right") - 1, 0, len(self.bins) - 1)
+        np.add.at(self.faces, which, 1)
+        for k, t in enumerate(self.thresholds):
+            kept = dets[dets[:, 4] >= t, :4] if len(dets) else np.zeros((0, 4))
+            if len(kept) == 0:
+                continue
+            if len(gt) == 0:
+                self.unmatched[k] += len(kept)
+                continue
+            iou = box_overlaps(gt, kept)
+            np.add.at(self.found[k], which[iou.max(axis=1) >= 0.5], 1)
+            self.unmatched[k] += int((iou.max(axis=0) < 0.3).sum())
+
+    def recall(self) -> np.ndarray:
+        """``(thresholds, bins)`` recall in percent (NaN where a bin has no face)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 100.0 * self.found / self.faces
+
+    def markdown(self, title: str) -> str:
+        heads = [f"{lo}–{hi}" for lo, hi in zip(self.bins[:-1], self.bins[1:], strict=True)]
+        heads.append(f"≥{self.bins[-1]}")
+        lines = [
+            f"**{title}**",
+            "",
+            "| face size px | " + " | ".join(heads) + " | unmatched detections |",
+            "|---|" + "---:|" * (len(heads) + 1),
+            "| faces | " + " | ".join(str(int(n)) for n in self.faces) + " | |",
+        ]
+        for k, t in enumerate(self.thresholds):
+            row = " | ".join("–" if np.isnan(r) else f"{r:.1f}" for r in self.recall()[k])
+            lines.append(f"| recall at score ≥ {t:g} | {row} | {int(self.unmatched[k])} |")
+        return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--label-file", default="../shared/data/wider-train-pool/label.txt")
+    ap.add_argument("--val-images", type=int, default=96)
+    args = ap.parse_args(argv)
+
+    from pathlib import Path
+
+    from trainer.data.labels import read_label_txt
+    from trainer.eval.predict import detect, load_runner, read_image
+    from trainer.pipeline.data import split_by_image
+
+    _, held = split_by_image(read_label_txt(args.label_file), args.val_images)
+    for path in args.models:
+        runner = load_runner(path)
+        counts = SizeRecall()
+        for sample in held:
+            dets = detect(runner, read_image(Path(sample.image)), None, 0.02, 0.4)
+            counts.add(sample.boxes, dets)
+        print(counts.markdown(f"{path}: {len(held)} held-out images, original size") + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
