@@ -53,14 +53,14 @@ def loaded(pid: int) -> list[str]:
 
 
 def entry_command() -> list[str]:
-    """The installed console script; refused when it predates the daemon's own entry (edge.service),
+    """The installed console script; refused when it predates the daemon's own entry (edge.entry),
     whose numbers would then include the CLI framework."""
     script = Path(sys.executable).with_name("featherface-edge")
     found = str(script) if script.exists() else shutil.which("featherface-edge")
     if found is None:
         raise SystemExit("featherface-edge is not installed in this environment (pip install -e .)")
-    if "edge.service" not in Path(found).read_text(errors="replace"):
-        raise SystemExit(f"{found} is an older install (its entry is not edge.service): pip install -e .")
+    if "edge.entry" not in Path(found).read_text(errors="replace"):
+        raise SystemExit(f"{found} is an older install (its entry is not edge.entry): pip install -e .")
     return [found]
 
 

@@ -175,7 +175,7 @@ def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="TOML config file.")] = DEFAULT_CONFIG,
 ) -> None:
     """Run the daemon: camera -> detector -> tracker -> MQTT, until SIGTERM/SIGINT."""
-    # The console entry runs the plain forms of this command without typer (edge.service.main);
+    # The console entry runs the plain forms of this command without typer (edge.entry);
     # other spellings of it (`-cFILE`) and the tests' CliRunner come here, to the same function.
     with _one_line_errors():
         code = run_daemon(config)

@@ -1,9 +1,9 @@
 """The daemon's start path (`featherface-edge run`), without the CLI framework.
 
 The service's memory budget is 110 MB on a 640x480 camera (docs/BENCHMARKS.md), and the CLI framework
-(typer with click and rich) costs 5 MB or more of it while the daemon parses one option. So the console
-entry (:func:`main`) runs the daemon's own command here and hands every other command line, help and
-usage errors included, to :mod:`edge.cli`.
+(typer with click and rich) cost 11 MB of it while the daemon parses one option. So the console entry
+(:mod:`edge.entry`) runs the daemon's own command through :func:`run_daemon` here and hands every other
+command line, help and usage errors included, to :mod:`edge.cli`, whose ``run`` calls the same function.
 
 (Python's ``ssl``, 4.7 MB, stays: paho-mqtt 2.2 imports it at load time and, although it guards that
 import, names ``ssl.SSLWantReadError`` on every socket read, so a process without it breaks.)
@@ -12,10 +12,9 @@ import, names ``ssl.SSLWantReadError`` on every socket read, so a process withou
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-from edge.errors import ConfigError, FeatherFaceError
+from edge.errors import ConfigError
 
 PROG = "featherface-edge"
 DEFAULT_CONFIG = Path("/etc/featherface/edge.toml")
@@ -64,21 +63,3 @@ def run_command(argv: list[str]) -> Path | None:
     if len(rest) == 1 and rest[0].startswith("--config=") and len(rest[0]) > len("--config="):
         return Path(rest[0][len("--config=") :])
     return None
-
-
-def main() -> None:
-    """Console entry point (`featherface-edge`)."""
-    config = run_command(sys.argv[1:])
-    if config is None:
-        from edge.cli import main as cli_main
-
-        cli_main()
-        return
-    try:
-        code = run_daemon(config)
-    except FeatherFaceError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code)

@@ -10,7 +10,7 @@ import pytest
 from edge import __version__
 
 # The entry points of pyproject [project.scripts].
-PROGRAMS = {"featherface-edge": "edge.service", "featherface-train": "trainer.cli"}
+PROGRAMS = {"featherface-edge": "edge.entry", "featherface-train": "trainer.cli"}
 
 
 def _run(prog: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -56,7 +56,7 @@ def test_featherface_error_is_one_line_with_its_exit_code(tmp_path) -> None:
 
 
 def test_the_daemon_command_reports_like_every_other(tmp_path) -> None:
-    """`run` skips the CLI framework (edge.service) but keeps its errors, help and usage messages."""
+    """`run` skips the CLI framework (edge.entry) but keeps its errors, help and usage messages."""
     missing = tmp_path / "missing.toml"
     res = _run("featherface-edge", "run", "-c", str(missing))
     assert res.returncode == 2

@@ -23,7 +23,7 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        entry = "from edge.service import main; main()"
+        entry = "from edge.entry import main; main()"
         cmd = [sys.executable, "-c", entry, "serve", "--config", str(config)]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(

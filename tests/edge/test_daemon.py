@@ -308,7 +308,7 @@ def test_opencv_warnings_stay_out_of_the_daemon_log(tiny_onnx: Path, tmp_path: P
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from edge.service import main; main()", "run", "-c", str(config)],
+        [sys.executable, "-c", "from edge.entry import main; main()", "run", "-c", str(config)],
         stderr=subprocess.PIPE,
         text=True,
         env=env,

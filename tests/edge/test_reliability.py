@@ -104,7 +104,7 @@ def test_broker_outage_loses_nothing_and_replays_in_order(
 
 
 def _spawn(config: Path) -> subprocess.Popen[bytes]:
-    code = "from edge.service import main; main()"  # the console entry, as systemd starts it
+    code = "from edge.entry import main; main()"  # the console entry, as systemd starts it
     return subprocess.Popen(
         [sys.executable, "-c", code, "run", "--config", str(config)],
         stdout=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""The console entry's daemon path (edge.service): the daemon without the CLI framework."""
+"""The console entry's daemon path (edge.entry, edge.service): the daemon without the CLI framework."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ ENTRY = (
     "import atexit, sys\n"
     "atexit.register(lambda: print('LOADED', sorted(m for m in ('typer', 'click', 'rich') "
     "if sys.modules.get(m)), file=sys.stderr))\n"
-    "from edge.service import main\n"
+    "from edge.entry import main\n"
     "main()\n"
 )
 

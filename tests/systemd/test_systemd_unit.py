@@ -86,7 +86,7 @@ def test_exec_start_is_the_installed_console_script() -> None:
     assert binary == EXEC_START == f"{APP_DIR}/current/venv/bin/{ENTRY_POINT}"
     assert args == ["run", "--config", f"{CONFIG_DIR}/{CONFIG_NAME}"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts[ENTRY_POINT] == "edge.service:main"
+    assert scripts[ENTRY_POINT] == "edge.entry:main"
 
 
 def test_unit_declares_the_service_contract() -> None:

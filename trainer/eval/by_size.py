@@ -4,20 +4,12 @@ WIDER's easy / medium / hard AP mixes face size with false positives; this split
 of the ground truth, its size is ``sqrt(w * h)`` in original pixels; a face counts as found at score
 threshold ``t`` when a detection scoring at least ``t`` overlaps it with IoU >= 0.5. Detections that
 overlap no face with IoU >= 0.3 are counted as unmatched (false positives, or faces WIDER left
-unlabelled).
-
-    python -m trainer.eval.by_size MODEL [MODEL ...] [--label-file ../shared/data/wider-train-pool/label.txt]
-        [--val-images 96]
-
-runs each model (``.onnx`` or a trainer checkpoint) at original size on the pipeline's held-out images
-of the label file (the ``split.val_images`` lowest-hashed, ``trainer.pipeline.data.split_by_image``:
-never trained on) and prints one table per model.
+unlabelled). The command that runs models on the pipeline's held-out images is
+:mod:`trainer.pipeline.held_out`.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,31 +72,3 @@ class SizeRecall:
             row = " | ".join("–" if np.isnan(r) else f"{r:.1f}" for r in self.recall()[k])
             lines.append(f"| recall at score ≥ {t:g} | {row} | {int(self.unmatched[k])} |")
         return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("models", nargs="+")
-    ap.add_argument("--label-file", default="../shared/data/wider-train-pool/label.txt")
-    ap.add_argument("--val-images", type=int, default=96)
-    args = ap.parse_args(argv)
-
-    from pathlib import Path
-
-    from trainer.data.labels import read_label_txt
-    from trainer.eval.predict import detect, load_runner, read_image
-    from trainer.pipeline.data import split_by_image
-
-    _, held = split_by_image(read_label_txt(args.label_file), args.val_images)
-    for path in args.models:
-        runner = load_runner(path)
-        counts = SizeRecall()
-        for sample in held:
-            dets = detect(runner, read_image(Path(sample.image)), None, 0.02, 0.4)
-            counts.add(sample.boxes, dets)
-        print(counts.markdown(f"{path}: {len(held)} held-out images, original size") + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
