@@ -320,9 +320,10 @@ def test_pipeline_refuses_a_recipe_that_trains_on_wider_val_eval(tmp_path: Path)
 
 
 @pytest.mark.shared
-def test_a_killed_phase_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("feature_weight", [0.0, 0.5])
+def test_a_killed_phase_resumes_to_the_uninterrupted_weights(tmp_path: Path, feature_weight: float) -> None:
     """A Nano-B phase killed after a checkpoint and resumed ends bit for bit where an uninterrupted
-    one does: same batches, schedule, KD weights, soft-pruning hook state and RNG."""
+    one does: same batches, schedule, KD weights, soft-pruning hook state, feature-KD maps and RNG."""
     need_shared("weights/featherface_v1_official.pth")
     need_shared("data/wider-train-pool")
     import dataclasses
@@ -333,7 +334,10 @@ def test_a_killed_phase_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> 
     class Killed(Exception):
         pass
 
-    ctx = make_context(tiny_recipe(tmp_path / "run"), tmp_path / "run")
+    from trainer.pipeline.run import with_overrides
+
+    recipe = with_overrides(tiny_recipe(tmp_path / "run"), distill={"feature_weight": feature_weight})
+    ctx = make_context(recipe, tmp_path / "run")
     calls: list[int] = []
 
     def run(out: Path, kill_at: int | None = None, resume: bool = False) -> NanoB:
@@ -360,4 +364,12 @@ def test_a_killed_phase_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> 
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     from trainer.engine.log import read_jsonl
 
-    assert [r["step"] for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    rows = read_jsonl(tmp_path / "killed" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    # Feature KD is logged only when it is on, and its maps travel in the checkpoint (a resume that
+    # dropped them would refit from one batch and end on other weights than the straight run).
+    assert all(("kd_feat" in r) == (feature_weight > 0) for r in rows)
+    if feature_weight > 0:
+        assert all(0.0 < r["kd_feat"] < 10.0 for r in rows)
+        saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
+        assert int(saved["extra"]["feature_kd"]["updates"]) == 5

@@ -13,8 +13,8 @@
   ``[e^-b, e^b]``) however long the optimiser pushes, and the ``+ s_i`` term keeps it from collapsing
   to zero. ``weights()`` returns them for the epoch log.
 
-Optional feature distillation (:class:`FeatureDistill`): a 1x1 adapter per level maps student
-features to the teacher's width, MSE against the (detached) teacher features.
+Optional feature distillation (``feature_weight > 0``): the student's head inputs regress the
+teacher's through closed-form linear maps, :mod:`trainer.loss.feature_kd`; its value is added here.
 
 Coordinates: every regression tensor is in the raw, variance-scaled prior units the heads produce
 (see :func:`edge.anchors.encode_boxes`), so no priors are needed here.
@@ -22,7 +22,6 @@ Coordinates: every regression tensor is in the raw, variance-scaled prior units 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +40,7 @@ class DistillConfig:
     positive_threshold: float = 0.5  # teacher face probability (T = 1) that makes an anchor "positive"
     log_var_bound: float = 2.0  # |s_i| <= bound, so each weight exp(-s_i) lies in [e^-bound, e^bound]
     learn_weights: bool = True
-    feature_weight: float = 0.0  # > 0 switches feature distillation on (adds weight * MSE)
+    feature_weight: float = 0.0  # > 0 switches feature distillation on (trainer/loss/feature_kd.py)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -129,23 +128,3 @@ class DistillLoss(nn.Module):
         logs.update(self.weights())
         logs["loss"] = float(total.detach())
         return total, logs
-
-
-class FeatureDistill(nn.Module):
-    """Feature-level KD: per level, ``MSE(adapter_k(student_k), teacher_k)`` averaged over levels.
-
-    Adapters are 1x1 convs (student width -> teacher width), trained with the student and dropped
-    at export. Spatial sizes must match (Nano-B and V1 share strides, so they do).
-    """
-
-    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]) -> None:
-        super().__init__()
-        self.adapters = nn.ModuleList(
-            nn.Conv2d(s, t, 1, bias=False) for s, t in zip(student_channels, teacher_channels, strict=True)
-        )
-
-    def forward(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
-        losses = [
-            F.mse_loss(a(s), t.detach()) for a, s, t in zip(self.adapters, student, teacher, strict=True)
-        ]
-        return torch.stack(losses).mean()

@@ -16,6 +16,7 @@ from edge.anchors import prior_boxes
 from trainer.data.dataset import build_loader
 from trainer.engine.loop import StepFn
 from trainer.loss.distill import DistillLoss
+from trainer.loss.feature_kd import FeatureKD, HeadInputs
 from trainer.loss.multibox import MultiBoxLoss
 from trainer.pipeline.data import PipelineData
 
@@ -35,9 +36,28 @@ def make_losses(recipe: Any, img_dim: int, device: torch.device) -> Losses:
     return Losses(MultiBoxLoss(priors, recipe.loss).to(device), DistillLoss(recipe.distill).to(device))
 
 
-def kd_step(teacher: nn.Module | None, losses: Losses) -> StepFn:
+@dataclass
+class FeatureTaps:
+    """Feature KD's parts for one training run: both networks' head inputs and the fitted maps."""
+
+    student: HeadInputs
+    teacher: HeadInputs
+    loss: FeatureKD
+
+    @classmethod
+    def attach(cls, student: nn.Module, teacher: nn.Module, device: torch.device) -> FeatureTaps:
+        s, t = HeadInputs(student), HeadInputs(teacher)
+        return cls(s, t, FeatureKD(s.channels, t.channels).to(device))
+
+    def close(self) -> None:
+        self.student.close()
+        self.teacher.close()
+
+
+def kd_step(teacher: nn.Module | None, losses: Losses, features: FeatureTaps | None = None) -> StepFn:
     """The Nano-B step for :func:`trainer.engine.loop.optimizer_step`: ``(1 - alpha) * MultiBox +
-    alpha * KD`` (the task loss alone without a teacher); the KD terms and weights ride along as logs."""
+    alpha * KD`` (the task loss alone without a teacher), plus ``feature_weight`` x feature KD when
+    ``features`` are attached; the KD terms and weights ride along as logs."""
 
     def step(
         student: nn.Module, images: torch.Tensor, targets: Sequence[torch.Tensor]
@@ -50,7 +70,10 @@ def kd_step(teacher: nn.Module | None, losses: Losses) -> StepFn:
         if teacher is not None:
             with torch.no_grad():
                 t_out = teacher(images)
-            total, logs = losses.kd(out, t_out, parts.total)
+            feature = None
+            if features is not None:
+                feature = features.loss(features.student.take(), features.teacher.take())
+            total, logs = losses.kd(out, t_out, parts.total, feature)
         return {**logs, "loss": total, "loc": parts.loc, "conf": parts.conf, "landm": parts.landm}
 
     return step

@@ -29,9 +29,10 @@ from trainer.engine.loop import LoopSettings, TrainState, train_loop
 from trainer.engine.optim import build_optimizer, build_scheduler
 from trainer.engine.plots import plot_losses
 from trainer.pipeline.data import PipelineData
-from trainer.pipeline.loop import kd_step, make_losses
+from trainer.pipeline.loop import FeatureTaps, kd_step, make_losses
 from trainer.pipeline.recipe import NanoBRecipe
 
+FEATURE_KD_KEY = "feature_kd"  # the fitted feature-KD maps, in a checkpoint's extra state
 StepHook = Callable[[int], dict[str, float] | None]  # called before optimiser step t (0-based)
 
 
@@ -87,6 +88,11 @@ def train_steps(
     losses.kd.to(info.device)
     average_gradients(losses.kd, info)
     trainable = nn.ModuleDict({"student": student, "kd": losses.kd})
+    # Feature KD's maps are fitted, not trained: they live outside the optimiser, in the checkpoint's
+    # extra state, so a run resumed from a checkpoint made without them just starts fitting.
+    features = None
+    if ctx.teacher is not None and recipe.distill.feature_weight > 0:
+        features = FeatureTaps.attach(student, ctx.teacher, info.device)
     optim_cfg = dataclasses.replace(recipe.optim, lr=recipe.optim.lr * lr_scale)
     optimizer = build_optimizer(trainable, optim_cfg)
     per_epoch = max(batches_per_epoch(ctx.data.train, recipe.data.batch_size, info.world_size), 1)
@@ -98,8 +104,12 @@ def train_steps(
     if ckpt is not None and ctx.resume and ckpt.last.is_file():
         saved = ckpt.load(map_location="cpu")  # RNG states stay CPU tensors; weights are copied over
         restore(saved, trainable, optimizer, scheduler, scaler)
+        extra = dict(saved.get("extra", {}))
+        feature_state = extra.pop(FEATURE_KD_KEY, None)
+        if features is not None and feature_state is not None:
+            features.loss.load_state_dict(feature_state)
         if load_extra is not None:
-            load_extra(saved.get("extra", {}))
+            load_extra(extra)
         state.step = int(saved["step"])
     logger = None
     if out is not None and info.is_main:
@@ -114,7 +124,10 @@ def train_steps(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),  # the AMP loss scale (empty when AMP is off)
-                "extra": extra_state() if extra_state is not None else {},
+                "extra": {
+                    **(extra_state() if extra_state is not None else {}),
+                    **({FEATURE_KD_KEY: features.loss.state_dict()} if features is not None else {}),
+                },
             }
         )
 
@@ -139,7 +152,7 @@ def train_steps(
         train_loop(
             model,
             stream,
-            kd_step(ctx.teacher, losses),
+            kd_step(ctx.teacher, losses, features),
             optimizer,
             scheduler,
             scaler,
@@ -154,6 +167,8 @@ def train_steps(
         )
     finally:
         stream.close()  # stop the loader's workers now, not whenever the generator is collected
+        if features is not None:
+            features.close()  # later forward passes (validation, export) capture nothing
     broadcast_buffers(trainable, info)  # every rank leaves with the same network and KD weights
     if logger is not None and out is not None:
         rows = logger.rows()
