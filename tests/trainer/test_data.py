@@ -15,7 +15,14 @@ import torch
 from edge.errors import DatasetError
 from tests.shared_paths import need_shared
 from trainer.data.augment import TrainTransform, mirror, random_crop
-from trainer.data.dataset import DataConfig, FaceDataset, build_dataset, build_loader, endless_batches
+from trainer.data.dataset import (
+    DataConfig,
+    FaceDataset,
+    build_dataset,
+    build_loader,
+    endless_batches,
+    interleaved_batches,
+)
 from trainer.data.labels import read_label_txt, write_label_txt
 from trainer.data.pseudo import pseudo_label
 from trainer.data.synthetic import FaceCrops, face_box_from_points, load_face_crops, make_scene
@@ -334,3 +341,40 @@ def test_endless_batches_match_per_epoch_loaders_and_resume(tmp_path: Path) -> N
         [sys.executable, "-c", check], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_interleaved_batches_take_turns_and_resume_every_stream(tmp_path: Path) -> None:
+    """Two input sizes take turns step by step, each stream the one its size alone would give, and a
+    stream started at step k continues every size where the uninterrupted one was."""
+    _write_images(tmp_path / "images", [f"{i}.jpg" for i in range(6)], size=(100, 80))
+    (tmp_path / "label.txt").write_text("".join(f"# {i}.jpg\n{FACE}\n" for i in range(6)))
+    small = build_dataset(DataConfig(label_file=str(tmp_path / "label.txt"), img_dim=64), seed=7)
+    large = build_dataset(DataConfig(label_file=str(tmp_path / "label.txt"), img_dim=96), seed=7)
+    sources = [(small, 2), (large, 1)]
+
+    def take(n: int, start: int = 0) -> list[torch.Tensor]:
+        stream = interleaved_batches(sources, seed=7, start_batch=start)
+        try:
+            return [next(stream)[0] for _ in range(n)]
+        finally:
+            stream.close()
+
+    straight = take(10)
+    assert [tuple(x.shape) for x in straight[:2]] == [(2, 3, 64, 64), (1, 3, 96, 96)]
+    assert all(x.shape[-1] == (64 if t % 2 == 0 else 96) for t, x in enumerate(straight))
+    alone = endless_batches(small, 2, seed=7)
+    assert all(torch.equal(x, next(alone)[0]) for x in straight[0::2])
+    alone.close()
+    for start in (3, 4):
+        resumed = take(10 - start, start=start)
+        assert all(torch.equal(x, y) for x, y in zip(resumed, straight[start:], strict=True))
+    # One source is the plain endless stream.
+    one = interleaved_batches([(small, 2)], seed=7)
+    assert torch.equal(next(one)[0], straight[0])
+    one.close()
+
+
+@pytest.mark.parametrize("pair", [(100, 2), (640, 0), (640,)])
+def test_extra_inputs_must_be_sizes_and_batches(pair: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"extra_inputs entries must be \[img_dim"):
+        DataConfig(extra_inputs=(pair,))  # type: ignore[arg-type]

@@ -144,6 +144,9 @@ def test_v1_toml_loads_and_validates(tmp_path: Path) -> None:
     bad.write_text("[data]\nimg_dim = 100\n")
     with pytest.raises(ConfigError, match=r"\[data\].*multiple of 32"):
         load_config(bad, V1Config)
+    bad.write_text("[data]\nextra_inputs = [[640, 2]]\n")  # a Nano-B setting V1 would silently ignore
+    with pytest.raises(ConfigError, match="extra_inputs is a Nano-B pipeline setting"):
+        load_config(bad, V1Config)
 
 
 # ---------------------------------------------------------------- optimiser, logs, plots, checkpoints

@@ -320,10 +320,17 @@ def test_pipeline_refuses_a_recipe_that_trains_on_wider_val_eval(tmp_path: Path)
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("feature_weight", [0.0, 0.5])
-def test_a_killed_phase_resumes_to_the_uninterrupted_weights(tmp_path: Path, feature_weight: float) -> None:
+@pytest.mark.parametrize(
+    ("feature_weight", "extra_inputs"),
+    [(0.0, ()), (0.5, ()), (0.0, ((96, 1),))],
+    ids=["kd", "feature-kd", "two-sizes"],
+)
+def test_a_killed_phase_resumes_to_the_uninterrupted_weights(
+    tmp_path: Path, feature_weight: float, extra_inputs: tuple[tuple[int, int], ...]
+) -> None:
     """A Nano-B phase killed after a checkpoint and resumed ends bit for bit where an uninterrupted
-    one does: same batches, schedule, KD weights, soft-pruning hook state, feature-KD maps and RNG."""
+    one does: same batches (of every input size), schedule, KD weights, soft-pruning hook state,
+    feature-KD maps and RNG."""
     need_shared("weights/featherface_v1_official.pth")
     need_shared("data/wider-train-pool")
     import dataclasses
@@ -336,7 +343,11 @@ def test_a_killed_phase_resumes_to_the_uninterrupted_weights(tmp_path: Path, fea
 
     from trainer.pipeline.run import with_overrides
 
-    recipe = with_overrides(tiny_recipe(tmp_path / "run"), distill={"feature_weight": feature_weight})
+    recipe = with_overrides(
+        tiny_recipe(tmp_path / "run"),
+        distill={"feature_weight": feature_weight},
+        data={"extra_inputs": extra_inputs},
+    )
     ctx = make_context(recipe, tmp_path / "run")
     calls: list[int] = []
 

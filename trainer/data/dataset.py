@@ -12,6 +12,7 @@ with landmarks and -1 for one without (the RetinaFace convention the loss reads)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,11 @@ class DataConfig:
     mirror: bool = True
     batch_size: int = 32  # per process (per GPU under DDP)
     num_workers: int = 4
+    # More training inputs, as (img_dim, batch_size) pairs, taking turns step by step with the main
+    # one: [[640, 2]] makes every other step a batch of two 640-px crops. A 320-px input never holds a
+    # face larger than 320 px, so the 512-px anchors are trained only as background there
+    # (docs/nano_b.md); a larger input in the mix trains them without giving up the small-face scale.
+    extra_inputs: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.img_dim < 32 or self.img_dim % 32:
@@ -68,6 +74,10 @@ class DataConfig:
             raise ValueError(f"crop_scales must be fractions in (0, 1], got {self.crop_scales}")
         if not 1 <= self.synthetic_faces[0] <= self.synthetic_faces[1]:
             raise ValueError(f"synthetic_faces must be (min >= 1, max >= min), got {self.synthetic_faces}")
+        for pair in self.extra_inputs:
+            if len(pair) != 2 or pair[0] < 32 or pair[0] % 32 or pair[1] < 1:
+                want = "[img_dim (a multiple of 32), batch_size >= 1]"
+                raise ValueError(f"extra_inputs entries must be {want}, got {list(pair)}")
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -324,6 +334,39 @@ def endless_batches(
         persistent_workers=num_workers > 0,
     )
     yield from loader
+
+
+def interleaved_batches(
+    sources: Sequence[tuple[Dataset, int]],
+    seed: int = 0,
+    num_workers: int = 0,
+    start_batch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Generator[tuple[torch.Tensor, list[torch.Tensor]], None, None]:
+    """Step ``t`` draws from ``sources[t % len(sources)]`` (``(dataset, batch_size)`` pairs), each an
+    :func:`endless_batches` stream, so ``start_batch`` resumes every one of them where it stopped.
+
+    With one source this is :func:`endless_batches` itself. Each stream keeps its own loader workers.
+    """
+    n = len(sources)
+    if n == 0:
+        raise ValueError("no training sources to draw batches from")
+    if n == 1:
+        dataset, batch_size = sources[0]
+        yield from endless_batches(dataset, batch_size, seed, num_workers, start_batch, rank, world_size)
+        return
+    # Stream k served the steps t < start_batch with t % n == k.
+    streams = [
+        endless_batches(ds, bs, seed, num_workers, max(0, -(-(start_batch - k) // n)), rank, world_size)
+        for k, (ds, bs) in enumerate(sources)
+    ]
+    try:
+        for t in itertools.count(start_batch):
+            yield next(streams[t % n])
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def batches_per_epoch(dataset: Dataset, batch_size: int, world_size: int = 1, drop_last: bool = True) -> int:

@@ -49,6 +49,10 @@ class V1Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        if self.data.extra_inputs:  # only the Nano-B pipeline interleaves input sizes
+            raise ValueError("data.extra_inputs is a Nano-B pipeline setting; V1 training has one input size")
+
 
 def load_v1_config(
     path: str | Path, data: str | Path | None = None, out: str | Path | None = None

@@ -174,6 +174,11 @@ class PipelineData:
     val_images_dir: Path | None
     train_wider: int
     val_wider: int
+    extra_train: tuple[tuple[Dataset, int], ...] = ()  # data.extra_inputs: (dataset, batch size) each
+
+    def train_sources(self, batch_size: int) -> list[tuple[Dataset, int]]:
+        """The (dataset, batch size) pairs that take turns step by step: the main one first."""
+        return [(self.train, batch_size), *self.extra_train]
 
     def describe(self) -> str:
         return (
@@ -185,7 +190,6 @@ class PipelineData:
 def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) -> PipelineData:
     """Every training source of ``recipe.data`` plus the WIDER train split; the val split apart."""
     cfg, split, seed = recipe.data, recipe.split, recipe.run.seed
-    parts: list[Dataset] = []
     train_n = val_n = 0
     val_ds: Dataset | None = None
     val_gt: WiderGroundTruth | None = None
@@ -215,20 +219,28 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
     guard_against_leakage(val_s, others, label_train)
     guard_against_eval_sets(_training_images(train_s + label_train, cfg), split.eval_sets)
     train_n, val_n = len(train_s), len(val_s)
-    if train_s:
-        transform = TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror, cfg.crop_scales)
-        parts.append(FaceDataset(train_s, transform, seed))
     if val_s:
         val_ds = FaceDataset(val_s, EvalTransform(cfg.img_dim), seed)
-    if others.label_file or others.synthetic_scenes or others.pseudo_images:
-        detect = None
-        if others.pseudo_images:  # the pipeline's own teacher, else the one data.pseudo_teacher names
-            from trainer.eval.predict import pseudo_teacher
+    detect = None
+    if others.pseudo_images:  # the pipeline's own teacher, else the one data.pseudo_teacher names
+        from trainer.eval.predict import pseudo_teacher
 
-            detect = teacher_detector(teacher) if teacher is not None else pseudo_teacher(others)
-        parts.append(build_dataset(others, seed=seed, detect=detect, train=True))
-    if not parts:
-        raise DatasetError(
-            "no training data: set data.wider_root, label_file, synthetic_scenes or pseudo_images"
-        )
-    return PipelineData(EpochConcat(parts), val_ds, val_gt, images_dir, train_n, val_n)
+        detect = teacher_detector(teacher) if teacher is not None else pseudo_teacher(others)
+
+    def train_set(img_dim: int) -> Dataset:
+        """Every training source at one square input size."""
+        parts: list[Dataset] = []
+        if train_s:
+            transform = TrainTransform(img_dim, cfg.crop, cfg.distort, cfg.mirror, cfg.crop_scales)
+            parts.append(FaceDataset(train_s, transform, seed))
+        if others.label_file or others.synthetic_scenes or others.pseudo_images:
+            sized = dataclasses.replace(others, img_dim=img_dim)
+            parts.append(build_dataset(sized, seed=seed, detect=detect, train=True))
+        if not parts:
+            raise DatasetError(
+                "no training data: set data.wider_root, label_file, synthetic_scenes or pseudo_images"
+            )
+        return EpochConcat(parts)
+
+    extra = tuple((train_set(dim), batch) for dim, batch in cfg.extra_inputs)
+    return PipelineData(train_set(cfg.img_dim), val_ds, val_gt, images_dir, train_n, val_n, extra)

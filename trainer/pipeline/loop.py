@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,15 +25,25 @@ Batch = tuple[torch.Tensor, list[torch.Tensor]]
 
 @dataclass
 class Losses:
-    """The task loss (for one square training size) and the KD loss with its learnable weights."""
+    """The task loss (for the main square training size, and one per ``data.extra_inputs`` size) and
+    the KD loss with its learnable weights."""
 
     task: MultiBoxLoss
     kd: DistillLoss
+    sized: dict[int, MultiBoxLoss] = field(default_factory=dict)
+
+    def task_for(self, images: torch.Tensor) -> MultiBoxLoss:
+        """The task loss whose priors fit this batch's (square) input size."""
+        return self.sized.get(images.shape[-1], self.task)
 
 
 def make_losses(recipe: Any, img_dim: int, device: torch.device) -> Losses:
-    priors = torch.from_numpy(prior_boxes(img_dim, img_dim))
-    return Losses(MultiBoxLoss(priors, recipe.loss).to(device), DistillLoss(recipe.distill).to(device))
+    def multibox(dim: int) -> MultiBoxLoss:
+        return MultiBoxLoss(torch.from_numpy(prior_boxes(dim, dim)), recipe.loss).to(device)
+
+    sizes = {dim for dim, _batch in getattr(recipe.data, "extra_inputs", ())} - {img_dim}
+    extra = {dim: multibox(dim) for dim in sorted(sizes)}
+    return Losses(multibox(img_dim), DistillLoss(recipe.distill).to(device), extra)
 
 
 @dataclass
@@ -64,7 +74,7 @@ def kd_step(teacher: nn.Module | None, losses: Losses, features: FeatureTaps | N
     ) -> dict[str, torch.Tensor | float]:
         student.train()
         out = student(images)
-        parts = losses.task(out, targets)
+        parts = losses.task_for(images)(out, targets)
         logs: dict[str, float] = {}
         total = parts.total
         if teacher is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.data.dataset import batches_per_epoch, endless_batches
+from trainer.data.dataset import batches_per_epoch, interleaved_batches
 from trainer.engine.checkpoint import Checkpointer, restore
 from trainer.engine.ddp import DistInfo, average_gradients, broadcast_buffers, wrap_model
 from trainer.engine.log import JsonlLogger
@@ -139,9 +139,8 @@ def train_steps(
         save_every=run.ckpt_every,
         progress=run.progress and out is not None,
     )
-    stream = endless_batches(
-        ctx.data.train,
-        recipe.data.batch_size,
+    stream = interleaved_batches(
+        ctx.data.train_sources(recipe.data.batch_size),
         run.seed,
         recipe.data.num_workers,
         start_batch=state.step,
