@@ -22,6 +22,7 @@ from trainer.data.dataset import (
     build_loader,
     endless_batches,
     interleaved_batches,
+    resized,
 )
 from trainer.data.labels import read_label_txt, write_label_txt
 from trainer.data.pseudo import pseudo_label
@@ -378,3 +379,15 @@ def test_interleaved_batches_take_turns_and_resume_every_stream(tmp_path: Path) 
 def test_extra_inputs_must_be_sizes_and_batches(pair: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"extra_inputs entries must be \[img_dim"):
         DataConfig(extra_inputs=(pair,))  # type: ignore[arg-type]
+
+
+def test_resized_dataset_keeps_samples_and_draws_its_own_crops(tmp_path: Path) -> None:
+    _write_images(tmp_path / "images", [f"{i}.jpg" for i in range(4)], size=(200, 160))
+    (tmp_path / "label.txt").write_text("".join(f"# {i}.jpg\n{FACE}\n" for i in range(4)))
+    ds = build_dataset(DataConfig(label_file=str(tmp_path / "label.txt"), img_dim=64), seed=7)
+    same_seed, own_seed = resized(ds, 96, seed=7), resized(ds, 96, seed=8)
+    assert len(own_seed) == len(ds) and ds.datasets[0].transform.img_dim == 64  # the original is untouched
+    image, target = same_seed[0]
+    assert tuple(image.shape) == (3, 96, 96)
+    torch.testing.assert_close(target, ds[0][1])  # same seed: the same crop, only larger
+    assert any(not torch.equal(own_seed[i][1], ds[i][1]) for i in range(len(ds)))  # its own crops

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +92,34 @@ def test_head_inputs_reads_what_each_class_head_receives() -> None:
     assert taps.feats == [None] * 3  # closed: nothing captured any more
     with pytest.raises(ValueError, match="ClassHead"):
         HeadInputs(nn.Conv2d(3, 3, 1))
+
+
+def _rank_fits(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        kd = FeatureKD([3], [4])
+        for step in range(3):  # each rank sees its own batches
+            kd(_feats([3], [4], seed=100 * rank + step), _feats([4], [4], seed=50 + 100 * rank + step))
+        torch.save(kd.state_dict(), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_fit_the_same_maps_on_the_global_batch(tmp_path: Path) -> None:
+    """Under DDP every rank averages the statistics of all ranks' batches: the maps are equal, and
+    equal to one process fitting both ranks' batches together (so rank 0's checkpoint fits all)."""
+    import torch.multiprocessing as mp
+
+    from edge.broker import free_port
+
+    mp.spawn(_rank_fits, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    alone = FeatureKD([3], [4])
+    for step in range(3):
+        s = [torch.cat([_feats([3], [4], seed=100 * r + step)[0] for r in (0, 1)])]
+        t = [torch.cat([_feats([4], [4], seed=50 + 100 * r + step)[0] for r in (0, 1)])]
+        alone(s, t)
+    torch.testing.assert_close(a["map0"], alone.state_dict()["map0"], rtol=1e-5, atol=1e-6)

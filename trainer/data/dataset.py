@@ -12,9 +12,10 @@ with landmarks and -1 for one without (the RetinaFace convention the loss reads)
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ class DataConfig:
     # one: [[640, 2]] makes every other step a batch of two 640-px crops. A 320-px input never holds a
     # face larger than 320 px, so the 512-px anchors are trained only as background there
     # (docs/nano_b.md); a larger input in the mix trains them without giving up the small-face scale.
+    # Each extra size draws its own crops; warm-up epochs still count the main stream's batches.
     extra_inputs: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
@@ -162,6 +164,18 @@ class EpochConcat(ConcatDataset):
     def set_epoch(self, epoch: int) -> None:
         for d in self.datasets:
             d.set_epoch(epoch)  # type: ignore[attr-defined]
+
+
+def resized(dataset: EpochConcat, img_dim: int, seed: int) -> EpochConcat:
+    """The same samples through the same transform at another square input size, with augmentation
+    drawn from ``seed`` (so its crops are not the original's crops scaled up)."""
+    parts = []
+    for part in dataset.datasets:
+        copy_ = copy.copy(part)
+        copy_.transform = replace(part.transform, img_dim=img_dim)  # type: ignore[attr-defined]
+        copy_.seed = seed  # type: ignore[attr-defined]
+        parts.append(copy_)
+    return EpochConcat(parts)
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -356,9 +370,11 @@ def interleaved_batches(
         dataset, batch_size = sources[0]
         yield from endless_batches(dataset, batch_size, seed, num_workers, start_batch, rank, world_size)
         return
-    # Stream k served the steps t < start_batch with t % n == k.
+    # Stream k served the steps t < start_batch with t % n == k. Its own order (seed + k) and a share
+    # of the workers, so n streams do not start n times the processes.
+    workers = -(-num_workers // n)
     streams = [
-        endless_batches(ds, bs, seed, num_workers, max(0, -(-(start_batch - k) // n)), rank, world_size)
+        endless_batches(ds, bs, seed + k, workers, max(0, -(-(start_batch - k) // n)), rank, world_size)
         for k, (ds, bs) in enumerate(sources)
     ]
     try:

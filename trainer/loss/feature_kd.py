@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -102,8 +103,8 @@ class FeatureKD(nn.Module):
         losses = []
         for k, (s, t) in enumerate(rows):
             w = getattr(self, f"map{k}").to(s.dtype)
-            var = getattr(self, f"tvar{k}").clamp_min(1e-12).to(s.dtype)
-            losses.append(((s @ w - t) ** 2).mean() / var)
+            var = getattr(self, f"tvar{k}").clamp_min(1e-12).float()  # fp32: fp16 would round it to 0
+            losses.append((s @ w - t).float().pow(2).mean() / var)
         return torch.stack(losses).mean()
 
     def _update(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -118,12 +119,24 @@ class FeatureKD(nn.Module):
                 (f"tvar{k}", t64.var(dim=0, unbiased=False).mean()),
             ):
                 buf = getattr(self, name)
-                buf.mul_(m).add_(value.to(buf.device), alpha=1.0 - m)
+                buf.mul_(m).add_(_global_mean(value).to(buf.device), alpha=1.0 - m)
             sxx, sxt = getattr(self, f"sxx{k}"), getattr(self, f"sxt{k}")
             d = sxx.shape[0]
-            reg = RIDGE * torch.trace(sxx) / d * torch.eye(d, dtype=sxx.dtype, device=sxx.device)
+            ridge = torch.full((d,), float(RIDGE * torch.trace(sxx[:-1, :-1]) / (d - 1)), dtype=sxx.dtype)
+            ridge[-1] = 0.0  # the bias row: a constant offset costs nothing
+            reg = torch.diag(ridge).to(sxx.device)
             getattr(self, f"map{k}").copy_(torch.linalg.solve(sxx + reg, sxt).float())
         self.updates += 1
+
+
+def _global_mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean over DDP ranks (the value itself in one process): every rank fits the same maps, on
+    the global batch, so rank 0's checkpoint resumes every rank exactly."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
 
 
 def _rows(x: torch.Tensor, ones: bool) -> torch.Tensor:

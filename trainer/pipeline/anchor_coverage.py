@@ -29,7 +29,7 @@ FACE_SIZES = (16, 64, 128, 256)  # a face's longer side in input pixels, lower b
 
 def coverage(recipe: NanoBRecipe, img_dim: int, crops: int, seed: int) -> tuple[np.ndarray, dict[int, float]]:
     """``(faces per crop at or above each of FACE_SIZES, {anchor size: positives per crop})``."""
-    data = build_pipeline_data(with_overrides(recipe, data={"img_dim": img_dim}), None)
+    data = build_pipeline_data(with_overrides(recipe, data={"img_dim": img_dim, "extra_inputs": ()}), None)
     priors = torch.from_numpy(prior_boxes(img_dim, img_dim))
     anchor_px = torch.round(priors[:, 2] * img_dim).long()
     sizes = sorted({s for level in DEFAULT_MIN_SIZES for s in level})
@@ -42,7 +42,14 @@ def coverage(recipe: NanoBRecipe, img_dim: int, crops: int, seed: int) -> tuple[
             continue
         side = torch.maximum(target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]).numpy() * img_dim
         faces += [(side >= s).sum() for s in FACE_SIZES]
-        _loc, conf, _ldm = match(target[:, :4], target[:, 4:14], target[:, -1], priors)
+        _loc, conf, _ldm = match(
+            target[:, :4],
+            target[:, 4:14],
+            target[:, -1],
+            priors,
+            recipe.loss.overlap_threshold,
+            recipe.loss.force_min_iou,
+        )
         for s in sizes:
             positives[s] += int(((conf != 0) & (anchor_px == s)).sum())
     return faces / crops, {s: n / crops for s, n in positives.items()}

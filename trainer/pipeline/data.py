@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from edge.errors import DatasetError
 from trainer.data.augment import EvalTransform, TrainTransform
-from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset
+from trainer.data.dataset import EpochConcat, FaceDataset, build_dataset, resized
 from trainer.data.labels import FaceSample, read_label_txt
 from trainer.data.pseudo import Detect, list_images
 from trainer.data.wider import (
@@ -221,26 +221,24 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
     train_n, val_n = len(train_s), len(val_s)
     if val_s:
         val_ds = FaceDataset(val_s, EvalTransform(cfg.img_dim), seed)
-    detect = None
-    if others.pseudo_images:  # the pipeline's own teacher, else the one data.pseudo_teacher names
-        from trainer.eval.predict import pseudo_teacher
+    parts: list[Dataset] = []
+    if train_s:
+        transform = TrainTransform(cfg.img_dim, cfg.crop, cfg.distort, cfg.mirror, cfg.crop_scales)
+        parts.append(FaceDataset(train_s, transform, seed))
+    if others.label_file or others.synthetic_scenes or others.pseudo_images:
+        detect = None
+        if others.pseudo_images:  # the pipeline's own teacher, else the one data.pseudo_teacher names
+            from trainer.eval.predict import pseudo_teacher
 
-        detect = teacher_detector(teacher) if teacher is not None else pseudo_teacher(others)
-
-    def train_set(img_dim: int) -> Dataset:
-        """Every training source at one square input size."""
-        parts: list[Dataset] = []
-        if train_s:
-            transform = TrainTransform(img_dim, cfg.crop, cfg.distort, cfg.mirror, cfg.crop_scales)
-            parts.append(FaceDataset(train_s, transform, seed))
-        if others.label_file or others.synthetic_scenes or others.pseudo_images:
-            sized = dataclasses.replace(others, img_dim=img_dim)
-            parts.append(build_dataset(sized, seed=seed, detect=detect, train=True))
-        if not parts:
-            raise DatasetError(
-                "no training data: set data.wider_root, label_file, synthetic_scenes or pseudo_images"
-            )
-        return EpochConcat(parts)
-
-    extra = tuple((train_set(dim), batch) for dim, batch in cfg.extra_inputs)
-    return PipelineData(train_set(cfg.img_dim), val_ds, val_gt, images_dir, train_n, val_n, extra)
+            detect = teacher_detector(teacher) if teacher is not None else pseudo_teacher(others)
+        parts.append(build_dataset(others, seed=seed, detect=detect, train=True))
+    if not parts:
+        raise DatasetError(
+            "no training data: set data.wider_root, label_file, synthetic_scenes or pseudo_images"
+        )
+    train = EpochConcat(parts)
+    # Each extra input size: the same samples (pseudo-labelled once), its own crops (seed + k).
+    extra = tuple(
+        (resized(train, dim, seed + k), batch) for k, (dim, batch) in enumerate(cfg.extra_inputs, start=1)
+    )
+    return PipelineData(train, val_ds, val_gt, images_dir, train_n, val_n, extra)

@@ -88,11 +88,6 @@ def train_steps(
     losses.kd.to(info.device)
     average_gradients(losses.kd, info)
     trainable = nn.ModuleDict({"student": student, "kd": losses.kd})
-    # Feature KD's maps are fitted, not trained: they live outside the optimiser, in the checkpoint's
-    # extra state, so a run resumed from a checkpoint made without them just starts fitting.
-    features = None
-    if ctx.teacher is not None and recipe.distill.feature_weight > 0:
-        features = FeatureTaps.attach(student, ctx.teacher, info.device)
     optim_cfg = dataclasses.replace(recipe.optim, lr=recipe.optim.lr * lr_scale)
     optimizer = build_optimizer(trainable, optim_cfg)
     per_epoch = max(batches_per_epoch(ctx.data.train, recipe.data.batch_size, info.world_size), 1)
@@ -100,14 +95,16 @@ def train_steps(
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp and info.device.type == "cuda")
 
     state = TrainState()
+    feature_state = None
+    # Feature KD's maps are fitted, not trained: they live outside the optimiser, in the checkpoint's
+    # extra state, so a run resumed from a checkpoint made without them just starts fitting.
+    features: FeatureTaps | None = None
     ckpt = Checkpointer(out) if out is not None else None
     if ckpt is not None and ctx.resume and ckpt.last.is_file():
         saved = ckpt.load(map_location="cpu")  # RNG states stay CPU tensors; weights are copied over
         restore(saved, trainable, optimizer, scheduler, scaler)
         extra = dict(saved.get("extra", {}))
         feature_state = extra.pop(FEATURE_KD_KEY, None)
-        if features is not None and feature_state is not None:
-            features.loss.load_state_dict(feature_state)
         if load_extra is not None:
             load_extra(extra)
         state.step = int(saved["step"])
@@ -148,6 +145,11 @@ def train_steps(
         world_size=info.world_size,
     )
     try:
+        if ctx.teacher is not None and recipe.distill.feature_weight > 0:
+            # Attached inside the try: the hooks on the shared teacher come off whatever happens.
+            features = FeatureTaps.attach(student, ctx.teacher, info.device)
+            if feature_state is not None:
+                features.loss.load_state_dict(feature_state)
         train_loop(
             model,
             stream,
