@@ -361,15 +361,11 @@ def interleaved_batches(
     """Step ``t`` draws from ``sources[t % len(sources)]`` (``(dataset, batch_size)`` pairs), each an
     :func:`endless_batches` stream, so ``start_batch`` resumes every one of them where it stopped.
 
-    With one source this is :func:`endless_batches` itself. Each stream keeps its own loader workers.
+    With one source this is :func:`endless_batches` itself (stream 0 keeps ``seed`` and every worker).
     """
     n = len(sources)
     if n == 0:
         raise ValueError("no training sources to draw batches from")
-    if n == 1:
-        dataset, batch_size = sources[0]
-        yield from endless_batches(dataset, batch_size, seed, num_workers, start_batch, rank, world_size)
-        return
     # Stream k served the steps t < start_batch with t % n == k. Its own order (seed + k) and a share
     # of the workers, so n streams do not start n times the processes.
     workers = -(-num_workers // n)
