@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from edge.errors import DatasetError
+from edge.errors import ConfigError, DatasetError
 from tests.shared_paths import need_shared
+from trainer.config import load_config
 from trainer.data.augment import TrainTransform, mirror, random_crop
 from trainer.data.dataset import (
     DataConfig,
@@ -375,10 +376,38 @@ def test_interleaved_batches_take_turns_and_resume_every_stream(tmp_path: Path) 
     one.close()
 
 
-@pytest.mark.parametrize("pair", [(100, 2), (640, 0), (640,)])
+@pytest.mark.parametrize("pair", [(100, 2), (640, 0), (640,), (640, 2, (0.5, 1.5)), (640, 2, (), 1)])
 def test_extra_inputs_must_be_sizes_and_batches(pair: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"extra_inputs entries must be \[img_dim"):
         DataConfig(extra_inputs=(pair,))  # type: ignore[arg-type]
+
+
+def test_extra_inputs_read_with_or_without_their_own_crop_scales(tmp_path: Path) -> None:
+    toml = tmp_path / "data.toml"
+    toml.write_text("extra_inputs = [[640, 2], [1024, 1, []], [480, 2, [0.5, 1]]]\n")
+    cfg = load_config(toml, DataConfig)
+    assert cfg.extra_inputs == ((640, 2), (1024, 1, ()), (480, 2, (0.5, 1.0)))
+    toml.write_text("extra_inputs = [[640, 2, [2]]]\n")
+    with pytest.raises((ConfigError, ValueError), match="extra_inputs"):
+        load_config(toml, DataConfig)
+
+
+def test_resized_without_crop_shows_the_whole_image_padded(tmp_path: Path) -> None:
+    _write_images(tmp_path / "images", [f"{i}.jpg" for i in range(4)], size=(200, 160))
+    (tmp_path / "label.txt").write_text("".join(f"# {i}.jpg\n{FACE}\n" for i in range(4)))
+    ds = build_dataset(DataConfig(label_file=str(tmp_path / "label.txt"), img_dim=64), seed=7)
+    whole = resized(ds, 96, seed=7, crop_scales=())
+    # The 200x160 image padded to 200x200: the face (10, 20)-(40, 60) keeps its place and scale,
+    # mirrored or not; a crop (the main stream's) would have moved or scaled it.
+    straight, mirrored = torch.tensor([0.05, 0.1, 0.2, 0.3]), torch.tensor([0.8, 0.1, 0.95, 0.3])
+    for i in range(len(ds)):
+        image, target = whole[i]
+        assert tuple(image.shape) == (3, 96, 96)
+        box = target[0, :4]
+        assert torch.allclose(box, straight, atol=1e-6) or torch.allclose(box, mirrored, atol=1e-6)
+    assert ds.datasets[0].transform.crop  # the original keeps its crops
+    chosen = resized(ds, 96, seed=7, crop_scales=(0.5,))
+    assert chosen.datasets[0].transform.scales == (0.5,) and chosen.datasets[0].transform.crop
 
 
 def test_resized_dataset_keeps_samples_and_draws_its_own_crops(tmp_path: Path) -> None:

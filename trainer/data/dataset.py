@@ -17,6 +17,7 @@ import itertools
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,12 +59,15 @@ class DataConfig:
     mirror: bool = True
     batch_size: int = 32  # per process (per GPU under DDP)
     num_workers: int = 4
-    # More training inputs, as (img_dim, batch_size) pairs, taking turns step by step with the main
-    # one: [[640, 2]] makes every other step a batch of two 640-px crops. A 320-px input never holds a
-    # face larger than 320 px, so the 512-px anchors are trained only as background there
-    # (docs/nano_b.md); a larger input in the mix trains them without giving up the small-face scale.
-    # Each extra size draws its own crops; warm-up epochs still count the main stream's batches.
-    extra_inputs: tuple[tuple[int, int], ...] = ()
+    # More training inputs, as [img_dim, batch_size] or [img_dim, batch_size, crop_scales], taking
+    # turns step by step with the main one: [[640, 2]] makes every other step a batch of two 640-px
+    # crops. A 320-px input never holds a face larger than 320 px, so the 512-px anchors are trained
+    # only as background there (docs/nano_b.md); a larger input in the mix trains them without giving
+    # up the small-face scale. crop_scales replaces data.crop_scales for that input; [] means no crop:
+    # the whole image padded to a square, so [1024, 1, []] shows a 1024-px-wide WIDER image at the
+    # scale evaluation at original size shows it. Each extra input draws its own crops; warm-up epochs
+    # still count the main stream's batches.
+    extra_inputs: tuple[tuple[int, int] | tuple[int, int, tuple[float, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.img_dim < 32 or self.img_dim % 32:
@@ -76,10 +80,16 @@ class DataConfig:
             raise ValueError(f"crop_scales must be fractions in (0, 1], got {self.crop_scales}")
         if not 1 <= self.synthetic_faces[0] <= self.synthetic_faces[1]:
             raise ValueError(f"synthetic_faces must be (min >= 1, max >= min), got {self.synthetic_faces}")
-        for pair in self.extra_inputs:
-            if len(pair) != 2 or pair[0] < 32 or pair[0] % 32 or pair[1] < 1:
-                want = "[img_dim (a multiple of 32), batch_size >= 1]"
-                raise ValueError(f"extra_inputs entries must be {want}, got {list(pair)}")
+        for entry in self.extra_inputs:
+            if not (
+                len(entry) in (2, 3)
+                and entry[0] >= 32
+                and entry[0] % 32 == 0
+                and entry[1] >= 1
+                and all(0 < c <= 1 for c in (entry[2] if len(entry) == 3 else ()))  # type: ignore[misc]
+            ):
+                want = "[img_dim (a multiple of 32), batch_size >= 1] or [..., crop scales in (0, 1]]"
+                raise ValueError(f"extra_inputs entries must be {want}, got {list(entry)}")
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -166,13 +176,19 @@ class EpochConcat(ConcatDataset):
             d.set_epoch(epoch)  # type: ignore[attr-defined]
 
 
-def resized(dataset: EpochConcat, img_dim: int, seed: int) -> EpochConcat:
+def resized(
+    dataset: EpochConcat, img_dim: int, seed: int, crop_scales: tuple[float, ...] | None = None
+) -> EpochConcat:
     """The same samples through the same transform at another square input size, with augmentation
-    drawn from ``seed`` (so its crops are not the original's crops scaled up)."""
+    drawn from ``seed`` (so its crops are not the original's crops scaled up). ``crop_scales``, when
+    given, replaces the transform's crop sides; ``()`` means no crop (the whole image, padded)."""
+    changes: dict[str, Any] = {"img_dim": img_dim}
+    if crop_scales is not None:
+        changes.update(crop=bool(crop_scales), scales=tuple(crop_scales) or CROP_SCALES)
     parts = []
     for part in dataset.datasets:
         copy_ = copy.copy(part)
-        copy_.transform = replace(part.transform, img_dim=img_dim)  # type: ignore[attr-defined]
+        copy_.transform = replace(part.transform, **changes)  # type: ignore[attr-defined]
         copy_.seed = seed  # type: ignore[attr-defined]
         parts.append(copy_)
     return EpochConcat(parts)

@@ -239,6 +239,7 @@ def build_pipeline_data(recipe: NanoBRecipe, teacher: torch.nn.Module | None) ->
     train = EpochConcat(parts)
     # Each extra input size: the same samples (pseudo-labelled once), its own crops (seed + k).
     extra = tuple(
-        (resized(train, dim, seed + k), batch) for k, (dim, batch) in enumerate(cfg.extra_inputs, start=1)
+        (resized(train, entry[0], seed + k, *entry[2:]), entry[1])  # type: ignore[misc]
+        for k, entry in enumerate(cfg.extra_inputs, start=1)
     )
     return PipelineData(train, val_ds, val_gt, images_dir, train_n, val_n, extra)

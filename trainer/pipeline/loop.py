@@ -41,7 +41,7 @@ def make_losses(recipe: Any, img_dim: int, device: torch.device) -> Losses:
     def multibox(dim: int) -> MultiBoxLoss:
         return MultiBoxLoss(torch.from_numpy(prior_boxes(dim, dim)), recipe.loss).to(device)
 
-    sizes = {dim for dim, _batch in getattr(recipe.data, "extra_inputs", ())} - {img_dim}
+    sizes = {entry[0] for entry in getattr(recipe.data, "extra_inputs", ())} - {img_dim}
     extra = {dim: multibox(dim) for dim in sorted(sizes)}
     return Losses(multibox(img_dim), DistillLoss(recipe.distill).to(device), extra)
 
