@@ -41,6 +41,9 @@ def test_anchor_coverage_sees_the_largest_anchors_only_at_a_large_input(tmp_path
     assert small[512] == 0 and small[256] > 0  # 267 px: IoU with a 512-px anchor <= 0.27
     assert large[512] > 0
     assert small[16] == small[32] == 0  # nothing small in this image
+    # Uncropped, padded to 800x800: every sample holds the whole 500-px face at its own scale.
+    whole_faces, whole = coverage(recipe, 800, 5, seed=0, whole=True)
+    assert whole_faces[big] == 1.0 and whole[512] >= 1.0
 
 
 @pytest.mark.shared

@@ -1,13 +1,14 @@
 """Which anchors a recipe's training crops ever make positive, per anchor size.
 
     python -m trainer.pipeline.anchor_coverage [--config trainer/configs/nano_b_cpu.toml]
-        [--img-dim 320 640] [--crops 600] [--seed 0]
+        [--img-dim 320 640] [--whole 1024] [--crops 600] [--seed 0]
 
 draws ``--crops`` training samples through the recipe's own augmentation at each input size, matches
 their faces to the priors with the training matcher (:func:`trainer.loss.match.match`), and prints the
 faces per crop by size and the positive anchors per crop for each anchor size. An anchor size with no
 positives is trained only as background: the network cannot learn to find faces of that size from
-this recipe, whatever it was initialised with.
+this recipe, whatever it was initialised with. ``--whole`` sizes take uncropped images instead (padded
+to a square, as an extra input with ``[]`` crop scales draws them).
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ from trainer.pipeline.run import with_overrides
 FACE_SIZES = (16, 64, 128, 256)  # a face's longer side in input pixels, lower bounds of the columns
 
 
-def coverage(recipe: NanoBRecipe, img_dim: int, crops: int, seed: int) -> tuple[np.ndarray, dict[int, float]]:
-    """``(faces per crop at or above each of FACE_SIZES, {anchor size: positives per crop})``."""
-    data = build_pipeline_data(with_overrides(recipe, data={"img_dim": img_dim, "extra_inputs": ()}), None)
+def coverage(
+    recipe: NanoBRecipe, img_dim: int, crops: int, seed: int, whole: bool = False
+) -> tuple[np.ndarray, dict[int, float]]:
+    """``(faces per crop at or above each of FACE_SIZES, {anchor size: positives per crop})``;
+    ``whole``: uncropped images padded to a square instead of the recipe's crops."""
+    data_cfg = {"img_dim": img_dim, "extra_inputs": ()} | ({"crop": False} if whole else {})
+    data = build_pipeline_data(with_overrides(recipe, data=data_cfg), None)
     priors = torch.from_numpy(prior_boxes(img_dim, img_dim))
     anchor_px = torch.round(priors[:, 2] * img_dim).long()
     sizes = sorted({s for level in DEFAULT_MIN_SIZES for s in level})
@@ -58,15 +63,16 @@ def coverage(recipe: NanoBRecipe, img_dim: int, crops: int, seed: int) -> tuple[
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="trainer/configs/nano_b_cpu.toml")
-    ap.add_argument("--img-dim", type=int, nargs="+", default=[320, 640])
+    ap.add_argument("--img-dim", type=int, nargs="*", default=[320, 640])
+    ap.add_argument("--whole", type=int, nargs="*", default=[], help="sizes of uncropped, padded images")
     ap.add_argument("--crops", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     recipe = load_recipe(args.config)
     rows = []
-    for dim in args.img_dim:
-        faces, positives = coverage(recipe, dim, args.crops, args.seed)
-        rows.append((dim, faces, positives))
+    for dim, whole in [(d, False) for d in args.img_dim] + [(d, True) for d in args.whole]:
+        faces, positives = coverage(recipe, dim, args.crops, args.seed, whole)
+        rows.append((f"{dim} px" + (" whole" if whole else ""), faces, positives))
     sizes = list(rows[0][2])
     head = [f"faces ≥ {s} px" for s in FACE_SIZES] + [f"positive {s}-px anchors" for s in sizes]
     print(f"{args.config}, {args.crops} training crops per input size, per crop:\n")
@@ -74,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---:|" + "---:|" * len(head))
     for dim, faces, positives in rows:
         cells = [f"{v:.3f}" for v in faces] + [f"{positives[s]:.2f}" for s in sizes]
-        print(f"| {dim} px | " + " | ".join(cells) + " |")
+        print(f"| {dim} | " + " | ".join(cells) + " |")
     return 0
 
 
