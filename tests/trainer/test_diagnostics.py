@@ -46,6 +46,14 @@ def test_anchor_coverage_sees_the_largest_anchors_only_at_a_large_input(tmp_path
     assert whole_faces[big] == 1.0 and whole[512] >= 1.0
 
 
+def test_anchor_coverage_refuses_an_empty_size_list(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.pipeline.anchor_coverage import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--img-dim"])
+    assert exit_.value.code == 2 and "give --img-dim or --whole" in capsys.readouterr().err
+
+
 @pytest.mark.shared
 def test_held_out_prints_ap_and_recall_per_test_scale(capsys: pytest.CaptureFixture[str]) -> None:
     label = need_shared("data/wider-train-pool/label.txt")

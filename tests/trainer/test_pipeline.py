@@ -322,11 +322,11 @@ def test_pipeline_refuses_a_recipe_that_trains_on_wider_val_eval(tmp_path: Path)
 @pytest.mark.shared
 @pytest.mark.parametrize(
     ("feature_weight", "extra_inputs"),
-    [(0.0, ()), (0.5, ()), (0.0, ((96, 1),))],
-    ids=["kd", "feature-kd", "two-sizes"],
+    [(0.0, ()), (0.5, ()), (0.0, ((96, 1), (128, 1, ())))],
+    ids=["kd", "feature-kd", "three-inputs"],  # the third: 96-px crops and whole images at 128 px
 )
 def test_a_killed_phase_resumes_to_the_uninterrupted_weights(
-    tmp_path: Path, feature_weight: float, extra_inputs: tuple[tuple[int, int], ...]
+    tmp_path: Path, feature_weight: float, extra_inputs: tuple[tuple, ...]
 ) -> None:
     """A Nano-B phase killed after a checkpoint and resumed ends bit for bit where an uninterrupted
     one does: same batches (of every input size), schedule, KD weights, soft-pruning hook state,

@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--crops", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if not args.img_dim and not args.whole:
+        ap.error("nothing to count: give --img-dim or --whole sizes")
     recipe = load_recipe(args.config)
     rows = []
     for dim, whole in [(d, False) for d in args.img_dim] + [(d, True) for d in args.whole]:
