@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.compare import (
     HEADING,
+    WARMUP,
     Latency,
     latency_table,
     measure_latency,
@@ -48,6 +49,24 @@ def test_latency_table_gives_ratios_to_yunet_in_the_same_column() -> None:
     assert len(lines) == 4  # a model that never ran gets no row
     cv = Latency("opencv", 1, (320, 240), ms={"YuNet (cv2)": [4.0]})
     assert "2.00×" in latency_table([g, cv], ["YuNet (cv2)"], "opencv")[2]
+
+
+def test_every_model_runs_first_in_a_round_equally_often() -> None:
+    calls: list[str] = []
+
+    class Recorder:  # what measure_latency asks of a subject: a label and a timed call
+        def __init__(self, label: str) -> None:
+            self.label = label
+
+        def timed(self, runtime: str, threads: int, image: np.ndarray) -> tuple:
+            return (lambda: calls.append(self.label)), (1, 3, 8, 8)
+
+    subjects = [Recorder(name) for name in "ABC"]
+    lat = measure_latency(subjects, "onnxruntime", 1, np.zeros((8, 8, 3), np.uint8), runs=6)  # type: ignore[arg-type]
+    rounds = [calls[i : i + 3] for i in range(3 * WARMUP, len(calls), 3)]
+    assert [r[0] for r in rounds] == list("ABCABC")
+    assert all(sorted(r) == list("ABC") for r in rounds)
+    assert {k: len(v) for k, v in lat.ms.items()} == {"A": 6, "B": 6, "C": 6}
 
 
 def test_real_latency_and_memory_of_a_peer() -> None:
