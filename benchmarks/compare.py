@@ -92,8 +92,8 @@ def measure_latency(
 ) -> Latency:
     """Warm every applicable model up, then time ``runs`` rounds of one inference each, round-robin.
 
-    Each round starts one model later, so every model runs first equally often: on this machine the
-    model timed first in a round measured 1–3 % slower than the same graph timed second.
+    Each round starts one model later, so every model runs first as often as ``runs`` allows: on this
+    machine the model timed first in a round measured 1–3 % slower than the same graph timed second.
     """
     h, w = image.shape[:2]
     result = Latency(runtime, threads, (w, h))

@@ -20,6 +20,8 @@ from edge.redact import Secret
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is not None:  # tuple[int, int], not the bare "tuple" of __name__
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

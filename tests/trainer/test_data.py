@@ -376,7 +376,9 @@ def test_interleaved_batches_take_turns_and_resume_every_stream(tmp_path: Path) 
     one.close()
 
 
-@pytest.mark.parametrize("pair", [(100, 2), (640, 0), (640,), (640, 2, (0.5, 1.5)), (640, 2, (), 1)])
+@pytest.mark.parametrize(
+    "pair", [(100, 2), (640, 0), (640,), (640, 2, (0.5, 1.5)), (640, 2, (), 1), (640, 2, 0.5)]
+)
 def test_extra_inputs_must_be_sizes_and_batches(pair: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"extra_inputs entries must be \[img_dim"):
         DataConfig(extra_inputs=(pair,))  # type: ignore[arg-type]
@@ -388,7 +390,10 @@ def test_extra_inputs_read_with_or_without_their_own_crop_scales(tmp_path: Path)
     cfg = load_config(toml, DataConfig)
     assert cfg.extra_inputs == ((640, 2), (1024, 1, ()), (480, 2, (0.5, 1.0)))
     toml.write_text("extra_inputs = [[640, 2, [2]]]\n")
-    with pytest.raises((ConfigError, ValueError), match="extra_inputs"):
+    with pytest.raises(ConfigError, match="extra_inputs entries must be"):
+        load_config(toml, DataConfig)
+    toml.write_text("extra_inputs = [[640]]\n")  # the error names the forms it takes
+    with pytest.raises(ConfigError, match=r"expected tuple\[int, int\] or tuple\[int, int, tuple"):
         load_config(toml, DataConfig)
 
 

@@ -86,6 +86,7 @@ class DataConfig:
                 and entry[0] >= 32
                 and entry[0] % 32 == 0
                 and entry[1] >= 1
+                and (len(entry) == 2 or isinstance(entry[2], tuple | list))  # type: ignore[misc]
                 and all(0 < c <= 1 for c in (entry[2] if len(entry) == 3 else ()))  # type: ignore[misc]
             ):
                 want = "[img_dim (a multiple of 32), batch_size >= 1] or [..., crop scales in (0, 1]]"

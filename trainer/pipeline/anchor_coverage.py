@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append((f"{dim} px" + (" whole" if whole else ""), faces, positives))
     sizes = list(rows[0][2])
     head = [f"faces ≥ {s} px" for s in FACE_SIZES] + [f"positive {s}-px anchors" for s in sizes]
-    print(f"{args.config}, {args.crops} training crops per input size, per crop:\n")
+    print(f"{args.config}, {args.crops} training inputs per input size, per input:\n")
     print("| input | " + " | ".join(head) + " |")
     print("|---:|" + "---:|" * len(head))
     for dim, faces, positives in rows:
