@@ -384,3 +384,26 @@ def test_a_killed_phase_resumes_to_the_uninterrupted_weights(
         assert all(0.0 < r["kd_feat"] < 10.0 for r in rows)
         saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
         assert int(saved["extra"]["feature_kd"]["updates"]) == 5
+
+
+def test_a_resumed_run_with_other_settings_says_which_and_keeps_the_old_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    from trainer.pipeline.run import record_config, with_overrides
+
+    recipe = tiny_recipe(tmp_path)
+    assert record_config(tmp_path, recipe) == []  # a new run: nothing to compare with
+    assert record_config(tmp_path, recipe) == [] and not (tmp_path / "config.previous.json").exists()
+    more = with_overrides(recipe, data={"extra_inputs": ((128, 1, ()),)}, phase3={"steps": 99})
+    changed = record_config(tmp_path, more)
+    assert changed == [
+        "data.extra_inputs [] -> [[128, 1, []]]",
+        f"phase3.steps {recipe.phase3.steps} -> 99",
+    ]
+    assert "data.extra_inputs" in caplog.text and "config.previous.json" in caplog.text
+    assert (
+        json.loads((tmp_path / "config.previous.json").read_text())["phase3"]["steps"] == recipe.phase3.steps
+    )
+    assert json.loads((tmp_path / "config.json").read_text())["phase3"]["steps"] == 99

@@ -63,11 +63,46 @@ def make_context(
     teacher = load_teacher(recipe, info.device)
     data = build_pipeline_data(recipe, teacher)
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from trainer.config import to_dict
-
-        (out_dir / "config.json").write_text(json.dumps(to_dict(recipe), indent=1) + "\n")
+        record_config(out_dir, recipe)
     return PhaseContext(recipe, out_dir, teacher, data, resume, info)
+
+
+def _differences(old: Any, new: Any, key: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            d
+            for k in sorted(old.keys() | new.keys())
+            for d in _differences(old.get(k), new.get(k), f"{key}.{k}".lstrip("."))
+        ]
+    return [] if old == new else [f"{key} {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def record_config(out_dir: Path, recipe: NanoBRecipe) -> list[str]:
+    """Write the run's settings to ``out_dir/config.json``; returns what differs from the file there.
+
+    A resumed run may change settings on purpose (another phase-3 cycle, more training inputs), but
+    then its batches and schedules follow the new ones: say which, and keep the settings it ran with
+    until now as ``config.previous.json``.
+    """
+    from trainer.config import to_dict
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path, new = out_dir / "config.json", to_dict(recipe)
+    changed: list[str] = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        changed = _differences(old, new) if old is not None else ["config.json unreadable"]
+        if changed:
+            path.replace(out_dir / "config.previous.json")
+            log.warning(
+                "resuming with other settings than the run had (kept in config.previous.json): %s",
+                "; ".join(changed),
+            )
+    path.write_text(json.dumps(new, indent=1) + "\n")
+    return changed
 
 
 PHASES = ("phase1", "phase2", "phase3")
