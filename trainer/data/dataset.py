@@ -81,13 +81,14 @@ class DataConfig:
         if not 1 <= self.synthetic_faces[0] <= self.synthetic_faces[1]:
             raise ValueError(f"synthetic_faces must be (min >= 1, max >= min), got {self.synthetic_faces}")
         for entry in self.extra_inputs:
+            scales = entry[2] if len(entry) == 3 else ()  # type: ignore[misc]
             if not (
                 len(entry) in (2, 3)
                 and entry[0] >= 32
                 and entry[0] % 32 == 0
                 and entry[1] >= 1
-                and (len(entry) == 2 or isinstance(entry[2], tuple | list))  # type: ignore[misc]
-                and all(0 < c <= 1 for c in (entry[2] if len(entry) == 3 else ()))  # type: ignore[misc]
+                and isinstance(scales, tuple | list)
+                and all(0 < c <= 1 for c in scales)
             ):
                 want = "[img_dim (a multiple of 32), batch_size >= 1] or [..., crop scales in (0, 1]]"
                 raise ValueError(f"extra_inputs entries must be {want}, got {list(entry)}")
