@@ -51,6 +51,19 @@ def prior_boxes(
     return priors
 
 
+def level_counts(
+    width: int,
+    height: int,
+    min_sizes: Sequence[Sequence[int]] = DEFAULT_MIN_SIZES,
+    steps: Sequence[int] = DEFAULT_STEPS,
+) -> list[int]:
+    """How many of :func:`prior_boxes`' anchors each pyramid level holds, in its order."""
+    return [
+        math.ceil(height / step) * math.ceil(width / step) * len(sizes)
+        for sizes, step in zip(min_sizes, steps, strict=True)
+    ]
+
+
 def decode_boxes(
     loc: np.ndarray, priors: np.ndarray, variances: Sequence[float] = DEFAULT_VARIANCES
 ) -> np.ndarray:

@@ -84,3 +84,26 @@ def test_learnable_weights_stay_positive_and_bounded() -> None:
 def test_config_rejects_bad_alpha() -> None:
     with pytest.raises(ValueError, match="alpha"):
         DistillConfig(alpha=1.5)
+
+
+def test_level_balance_gives_each_pyramid_level_the_same_share() -> None:
+    from edge.anchors import level_counts, prior_boxes
+    from trainer.loss.distill import level_weights
+
+    counts = level_counts(64, 64)
+    assert counts == [128, 32, 8] and sum(counts) == len(prior_boxes(64, 64))
+    w = level_weights(counts)
+    assert float(w.sum()) == pytest.approx(1.0)
+    assert [float(w[a:b].sum()) for a, b in ((0, 128), (128, 160), (160, 168))] == pytest.approx([1 / 3] * 3)
+    # A student wrong on one large anchor only: the balanced mean weighs it as a third of a level's.
+    teacher = torch.zeros(1, 168, 2)
+    student = teacher.clone()
+    student[0, 165] = torch.tensor([0.0, 5.0])
+    plain = kd_class_loss(student, teacher, 4.0)
+    balanced = kd_class_loss(student, teacher, 4.0, w)
+    assert float(balanced) == pytest.approx(float(plain) * 168 / (3 * 8), rel=1e-5)
+    # Uniform weights are the plain mean.
+    uniform = torch.full((168,), 1 / 168)
+    assert float(kd_class_loss(student, teacher, 4.0, uniform)) == pytest.approx(float(plain), rel=1e-6)
+    with pytest.raises(ValueError, match="at least one anchor"):
+        level_weights([4, 0])

@@ -407,3 +407,32 @@ def test_a_resumed_run_with_other_settings_says_which_and_keeps_the_old_ones(
         json.loads((tmp_path / "config.previous.json").read_text())["phase3"]["steps"] == recipe.phase3.steps
     )
     assert json.loads((tmp_path / "config.json").read_text())["phase3"]["steps"] == 99
+
+
+def test_level_balanced_class_kd_reaches_the_step_for_every_input_size(tmp_path: Path) -> None:
+    """``distill.level_balance`` gives the step per-anchor class-KD weights for the main size and each
+    extra input size, and the logged class term is the level-balanced one."""
+    from trainer.loss.distill import kd_class_loss, level_weights
+    from trainer.pipeline.loop import kd_step, make_losses
+    from trainer.pipeline.run import with_overrides
+
+    recipe = with_overrides(
+        tiny_recipe(tmp_path), distill={"level_balance": True}, data={"extra_inputs": ((96, 1),)}
+    )
+    losses = make_losses(recipe, 64, torch.device("cpu"))
+    assert sorted(losses.kd_anchor_weight) == [64, 96]
+    for dim, w in losses.kd_anchor_weight.items():
+        assert len(w) == len(prior_boxes(dim, dim)) and float(w.sum()) == pytest.approx(1.0)
+    plain = make_losses(with_overrides(recipe, distill={"level_balance": False}), 64, torch.device("cpu"))
+    assert plain.kd_anchor_weight == {}
+
+    torch.manual_seed(0)
+    student, teacher = NanoB(recipe.model).eval(), NanoB(recipe.model).eval()
+    images = torch.randn(1, 3, 96, 96)
+    targets = [torch.tensor([[0.2, 0.2, 0.5, 0.5] + [-1.0] * 10 + [1.0]])]
+    balanced = kd_step(teacher, losses)(student, images, targets)["kd_cls"]
+    unbalanced = kd_step(teacher, plain)(student, images, targets)["kd_cls"]
+    with torch.no_grad():
+        s_out, t_out = student.train()(images), teacher(images)
+        want = kd_class_loss(s_out[1], t_out[1], 4.0, level_weights([288, 72, 18]))
+    assert balanced == pytest.approx(float(want), rel=1e-4) and balanced != pytest.approx(unbalanced)

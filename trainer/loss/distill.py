@@ -4,7 +4,10 @@
     KD    = sum_i  exp(-s_i) * L_i + s_i        i in {cls, box, landmark}   (uncertainty weighting)
 
 - ``L_cls``: KL(teacher || student) of the temperature-softened class distributions, times T², **mean
-  over anchors** (a sum over ~10^4 anchors drowned the task loss in the team's probe);
+  over anchors** (a sum over ~10^4 anchors drowned the task loss in the team's probe); with
+  ``level_balance`` the mean is taken per pyramid level and then over levels, because the 256- and
+  512-px anchors are under 5 % of all anchors and the pruned student's confident false positives
+  gather there while the teacher's do not (docs/nano_b.md, "Where the strays are");
 - ``L_box`` / ``L_ldm``: smooth-L1 between the student's and the teacher's raw regressions on the
   anchors the teacher calls faces (softmax face probability > ``positive_threshold``), mean over
   those anchors, targets unclipped; 0 when the teacher sees no face;
@@ -22,6 +25,7 @@ Coordinates: every regression tensor is in the raw, variance-scaled prior units 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +45,7 @@ class DistillConfig:
     log_var_bound: float = 2.0  # |s_i| <= bound, so each weight exp(-s_i) lies in [e^-bound, e^bound]
     learn_weights: bool = True
     feature_weight: float = 0.0  # > 0 switches feature distillation on (trainer/loss/feature_kd.py)
+    level_balance: bool = False  # class KD: mean per pyramid level, then over levels
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -59,14 +64,29 @@ Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (loc (N,A,4), conf 
 
 
 def kd_class_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    anchor_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """KL(teacher_T || student_T) summed over classes, mean over anchors (and images), times T²."""
+    """KL(teacher_T || student_T) summed over classes, mean over anchors (and images), times T².
+
+    ``anchor_weight`` ``(A,)`` (summing to 1) replaces the plain mean over anchors by a weighted one.
+    """
     t = temperature
     log_p_s = F.log_softmax(student_logits / t, dim=-1)
     log_p_t = F.log_softmax(teacher_logits / t, dim=-1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
-    return kl.mean() * t * t
+    mean = kl.mean() if anchor_weight is None else (kl @ anchor_weight).mean()
+    return mean * t * t
+
+
+def level_weights(counts: Sequence[int]) -> torch.Tensor:
+    """Per-anchor weights ``(sum(counts),)`` that give each pyramid level (``counts[k]`` consecutive
+    anchors, the order of :func:`edge.anchors.prior_boxes`) the same total weight, summing to 1."""
+    if not counts or min(counts) < 1:
+        raise ValueError(f"every level needs at least one anchor, got counts {list(counts)}")
+    return torch.cat([torch.full((n,), 1.0 / (n * len(counts))) for n in counts])
 
 
 def kd_regression_loss(student: torch.Tensor, teacher: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -100,21 +120,29 @@ class DistillLoss(nn.Module):
         w = torch.exp(-self.log_var().detach())
         return {f"w_{name}": float(v) for name, v in zip(KD_TERMS, w, strict=True)}
 
-    def kd_terms(self, student: Outputs, teacher: Outputs) -> dict[str, torch.Tensor]:
-        """The three unweighted KD terms; the teacher's outputs are detached here."""
+    def kd_terms(
+        self, student: Outputs, teacher: Outputs, anchor_weight: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The three unweighted KD terms; the teacher's outputs are detached here. ``anchor_weight``:
+        the class term's per-anchor weights (:func:`level_weights` when ``level_balance`` is set)."""
         s_loc, s_conf, s_ldm = student
         t_loc, t_conf, t_ldm = (t.detach() for t in teacher)
         positive = F.softmax(t_conf, dim=-1)[..., 1] > self.cfg.positive_threshold
         return {
-            "cls": kd_class_loss(s_conf, t_conf, self.cfg.temperature),
+            "cls": kd_class_loss(s_conf, t_conf, self.cfg.temperature, anchor_weight),
             "box": kd_regression_loss(s_loc, t_loc, positive),
             "ldm": kd_regression_loss(s_ldm, t_ldm, positive),
         }
 
     def forward(
-        self, student: Outputs, teacher: Outputs, task: torch.Tensor, feature: torch.Tensor | None = None
+        self,
+        student: Outputs,
+        teacher: Outputs,
+        task: torch.Tensor,
+        feature: torch.Tensor | None = None,
+        anchor_weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = self.kd_terms(student, teacher)
+        terms = self.kd_terms(student, teacher, anchor_weight)
         s = self.log_var()
         stacked = torch.stack([terms[name] for name in KD_TERMS])
         kd = (torch.exp(-s) * stacked + s).sum() if self.cfg.learn_weights else stacked.sum()

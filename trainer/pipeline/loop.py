@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge.anchors import prior_boxes
+from edge.anchors import level_counts, prior_boxes
 from trainer.data.dataset import build_loader
 from trainer.engine.loop import StepFn
-from trainer.loss.distill import DistillLoss
+from trainer.loss.distill import DistillLoss, level_weights
 from trainer.loss.feature_kd import FeatureKD, HeadInputs
 from trainer.loss.multibox import MultiBoxLoss
 from trainer.pipeline.data import PipelineData
@@ -26,11 +26,13 @@ Batch = tuple[torch.Tensor, list[torch.Tensor]]
 @dataclass
 class Losses:
     """The task loss (for the main square training size, and one per ``data.extra_inputs`` size) and
-    the KD loss with its learnable weights."""
+    the KD loss with its learnable weights (and, with ``distill.level_balance``, its per-anchor class
+    weights for each input size)."""
 
     task: MultiBoxLoss
     kd: DistillLoss
     sized: dict[int, MultiBoxLoss] = field(default_factory=dict)
+    kd_anchor_weight: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def task_for(self, images: torch.Tensor) -> MultiBoxLoss:
         """The task loss whose priors fit this batch's (square) input size."""
@@ -43,7 +45,10 @@ def make_losses(recipe: Any, img_dim: int, device: torch.device) -> Losses:
 
     sizes = {entry[0] for entry in getattr(recipe.data, "extra_inputs", ())} - {img_dim}
     extra = {dim: multibox(dim) for dim in sorted(sizes)}
-    return Losses(multibox(img_dim), DistillLoss(recipe.distill).to(device), extra)
+    weights = {}
+    if recipe.distill.level_balance:
+        weights = {dim: level_weights(level_counts(dim, dim)).to(device) for dim in sizes | {img_dim}}
+    return Losses(multibox(img_dim), DistillLoss(recipe.distill).to(device), extra, weights)
 
 
 @dataclass
@@ -83,7 +88,8 @@ def kd_step(teacher: nn.Module | None, losses: Losses, features: FeatureTaps | N
             feature = None
             if features is not None:
                 feature = features.loss(features.student.take(), features.teacher.take())
-            total, logs = losses.kd(out, t_out, parts.total, feature)
+            weight = losses.kd_anchor_weight.get(images.shape[-1])
+            total, logs = losses.kd(out, t_out, parts.total, feature, weight)
         return {**logs, "loss": total, "loc": parts.loc, "conf": parts.conf, "landm": parts.landm}
 
     return step
