@@ -77,7 +77,7 @@ def kd_class_loss(
     log_p_s = F.log_softmax(student_logits / t, dim=-1)
     log_p_t = F.log_softmax(teacher_logits / t, dim=-1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
-    mean = kl.mean() if anchor_weight is None else (kl @ anchor_weight).mean()
+    mean = kl.mean() if anchor_weight is None else (kl @ anchor_weight.to(kl.dtype)).mean()
     return mean * t * t
 
 
