@@ -19,6 +19,12 @@ DEFAULT_STEPS: tuple[int, ...] = (8, 16, 32)
 DEFAULT_VARIANCES: tuple[float, float] = (0.1, 0.2)
 
 
+def _feature_map(width: int, height: int, step: int) -> tuple[int, int]:
+    """``(rows, cols)`` of a pyramid level: ``ceil(H/s) x ceil(W/s)``, exactly as the V1 weights were
+    trained."""
+    return math.ceil(height / step), math.ceil(width / step)
+
+
 def prior_boxes(
     width: int,
     height: int,
@@ -28,11 +34,11 @@ def prior_boxes(
 ) -> np.ndarray:
     """Anchor priors for a ``width`` x ``height`` input, ``(A, 4)`` float32 ``(cx, cy, w, h)``.
 
-    Feature maps are ``ceil(H/s) x ceil(W/s)``, exactly as the V1 weights were trained.
+    Feature maps are ``ceil(H/s) x ceil(W/s)`` (:func:`_feature_map`).
     """
     levels = []
     for sizes, step in zip(min_sizes, steps, strict=True):
-        fh, fw = math.ceil(height / step), math.ceil(width / step)
+        fh, fw = _feature_map(width, height, step)
         cy, cx = np.meshgrid(
             (np.arange(fh, dtype=np.float64) + 0.5) * step / height,
             (np.arange(fw, dtype=np.float64) + 0.5) * step / width,
@@ -59,7 +65,7 @@ def level_counts(
 ) -> list[int]:
     """How many of :func:`prior_boxes`' anchors each pyramid level holds, in its order."""
     return [
-        math.ceil(height / step) * math.ceil(width / step) * len(sizes)
+        math.prod(_feature_map(width, height, step)) * len(sizes)
         for sizes, step in zip(min_sizes, steps, strict=True)
     ]
 
