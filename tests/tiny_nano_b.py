@@ -30,4 +30,5 @@ def tiny_recipe(out_dir: Path) -> NanoBRecipe:
         phase1={"steps": 2},
         prune={"trials": 2, "recovery_steps": 1, "soft_steps": 4, "soft_boundaries": 2, "trace_size": 64},
         phase3={"steps": 1},
+        calibrate={"images": 2},
     )

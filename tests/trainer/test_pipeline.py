@@ -156,9 +156,12 @@ def test_pruned_student_file_round_trip(tmp_path: Path) -> None:
 def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     """Distill (stop, resume) -> search (2 trials) -> soft prune with a settle stretch -> removal ->
     fine-tune at 64 px -> ONNX export with metadata; the exported file runs in ONNX Runtime like the
-    student does, and a finished run resumes to the same files without work."""
+    student does, phase 3 ends with its levels calibrated to the teacher, and a finished run resumes to
+    the same files without work."""
     need_shared("weights/featherface_v1_official.pth")
     need_shared("data/wider-train-pool")
+    import json
+
     from edge.model import read_model
     from trainer.pipeline.run import run_nano_b
 
@@ -175,6 +178,8 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
         assert (out / phase / "metrics.jsonl").is_file() and (out / phase / "loss.png").is_file()
     student, spec = load_student(out / "phase3" / "student.pt")
     assert spec is not None and spec["params_after"] == summary["phase3"]["params"]
+    offsets = json.loads((out / "phase3" / "eval.json").read_text())["level_offsets"]
+    assert len(offsets) == 3 and all(np.isfinite(offsets)) and any(offsets)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         loc, _conf, _ldm = student(x)

@@ -2,8 +2,8 @@
 
 Tables: ``[run]``, ``[model]`` (:class:`~trainer.models.nano_b.NanoBConfig`), ``[teacher]``, ``[data]``
 (:class:`~trainer.data.dataset.DataConfig`), ``[split]``, ``[loss]``, ``[distill]``, ``[optim]``,
-``[phase1]``, ``[prune]``, ``[phase3]``. Every key has a default except where stated, so a config
-file lists only what it changes; an unknown key is an error naming file, table and key.
+``[phase1]``, ``[prune]``, ``[phase3]``, ``[calibrate]``. Every key has a default except where stated,
+so a config file lists only what it changes; an unknown key is an error naming file, table and key.
 """
 
 from __future__ import annotations
@@ -138,6 +138,19 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class CalibrateConfig:
+    """After phase 3: each pyramid level's face-logit offset fitted to the teacher (no labels) on this
+    many training images at ``split.val_scale``, folded into the class heads
+    (trainer.pipeline.calibrate). 0: off."""
+
+    images: int = 0
+
+    def __post_init__(self) -> None:
+        if self.images < 0:
+            raise ValueError(f"images must be >= 0, got {self.images}")
+
+
+@dataclass(frozen=True)
 class NanoBRecipe:
     run: RunConfig = field(default_factory=RunConfig)
     model: NanoBConfig = field(default_factory=NanoBConfig)
@@ -150,6 +163,11 @@ class NanoBRecipe:
     phase1: PhaseConfig = field(default_factory=PhaseConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     phase3: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=500, lr_scale=0.1))
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+
+    def __post_init__(self) -> None:
+        if self.calibrate.images and not self.teacher.weights:
+            raise ValueError("calibrate.images needs a teacher: teacher.weights is empty")
 
 
 def load_recipe(path: str | Path) -> NanoBRecipe:
