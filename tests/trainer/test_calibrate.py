@@ -13,13 +13,13 @@ from edge.anchors import level_counts
 from edge.errors import ConfigError
 from trainer.data.labels import FaceSample
 from trainer.models.nano_b import NanoB, NanoBConfig
-from trainer.pipeline.calibrate import fit_offset, level_offsets, pick_images, shift_face_logits
+from trainer.pipeline.calibrate import calibrate_face_logits, fit_level, level_calibration, pick_images
 
 
-def test_fit_offset_recovers_a_known_shift() -> None:
+def test_fit_level_recovers_a_known_scale_and_offset() -> None:
     z = torch.randn(5000) * 3
-    assert fit_offset(z, torch.sigmoid(z - 1.3)) == pytest.approx(-1.3, abs=1e-6)
-    assert fit_offset(z, torch.sigmoid(z)) == pytest.approx(0.0, abs=1e-6)
+    assert fit_level(z, torch.sigmoid(0.6 * z - 1.3)) == pytest.approx((0.6, -1.3), abs=1e-6)
+    assert fit_level(z, torch.sigmoid(z)) == pytest.approx((1.0, 0.0), abs=1e-6)
 
 
 def _images() -> list[np.ndarray]:
@@ -27,46 +27,54 @@ def _images() -> list[np.ndarray]:
     return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for w, h in ((96, 64), (130, 90))]
 
 
-def test_level_offsets_find_each_levels_shift_and_folding_them_matches_the_teacher() -> None:
-    """A 'teacher' that is the student with each level's face logit moved by its own constant: the
-    fitted offsets are those constants, and folding them into the student's class heads gives the
-    teacher's face probabilities on every anchor, while boxes and landmarks stay as they were."""
-    torch.manual_seed(0)
+def _spread_student(seed: int) -> NanoB:
+    """An untrained Nano-B whose face logits spread over both sides of 0.5 on every level."""
+    torch.manual_seed(seed)
     student = NanoB(NanoBConfig()).eval()
-    with torch.no_grad():  # spread the face logits, so every level has anchors on both sides of 0.5
+    with torch.no_grad():
         for head in student.ClassHead:
             head.conv1x1.weight.mul_(20.0)
             head.conv1x1.bias.zero_()
+    return student
+
+
+def test_level_calibration_finds_each_levels_map_and_folding_it_matches_the_teacher() -> None:
+    """A 'teacher' that is the student with each level's face log-odds mapped by its own (a, b): the
+    fit finds those maps, and folding them into the student's class heads gives the teacher's face
+    probabilities on every anchor, while boxes, landmarks and background logits stay as they were."""
+    student = _spread_student(0)
     teacher = copy.deepcopy(student)
-    shift = [0.7, -1.5, 2.25]
-    shift_face_logits(teacher.ClassHead, shift)
-    got = level_offsets(student, teacher, _images())
-    assert got == pytest.approx(shift, abs=1e-5)
+    want = [(1.0, 0.7), (0.5, -1.5), (1.8, 2.25)]
+    calibrate_face_logits(teacher.ClassHead, want)
+    got = level_calibration(student, teacher, _images())
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-4)
 
     x = torch.randn(1, 3, 90, 130)
     with torch.no_grad():
         before = student(x)
-        shift_face_logits(student.ClassHead, got)
-        after, want = student(x), teacher(x)
-    torch.testing.assert_close(after[1].softmax(-1), want[1].softmax(-1), atol=1e-5, rtol=0)
+        calibrate_face_logits(student.ClassHead, got)
+        after, target = student(x), teacher(x)
+    torch.testing.assert_close(after[1].softmax(-1), target[1].softmax(-1), atol=1e-4, rtol=0)
     assert torch.equal(after[0], before[0]) and torch.equal(after[2], before[2])
     assert torch.equal(after[1][..., 0], before[1][..., 0])  # the background logit is untouched
-    # Each level moved by its own offset, anchor for anchor (prior order: level by level).
-    moved = (after[1][0, :, 1] - before[1][0, :, 1]).split(level_counts(130, 90))
-    for level, b in zip(moved, got, strict=True):
-        torch.testing.assert_close(level, torch.full_like(level, b), atol=1e-5, rtol=0)
+    # Each level's face log-odds moved by its own map, anchor for anchor (prior order: level by level).
+    z0 = (before[1][0, :, 1] - before[1][0, :, 0]).split(level_counts(130, 90))
+    z1 = (after[1][0, :, 1] - after[1][0, :, 0]).split(level_counts(130, 90))
+    for old, new, (a, b) in zip(z0, z1, got, strict=True):
+        torch.testing.assert_close(new, a * old + b, atol=1e-3, rtol=1e-5)
 
 
-def test_level_offsets_at_a_test_scale_and_bad_inputs() -> None:
-    torch.manual_seed(1)
-    student = NanoB(NanoBConfig()).eval()
+def test_level_calibration_at_a_test_scale_and_bad_inputs() -> None:
+    student = _spread_student(1)
     teacher = copy.deepcopy(student)
-    shift_face_logits(teacher.ClassHead, [0.0, 0.0, -2.0])
-    assert level_offsets(student, teacher, _images(), scale=64) == pytest.approx([0, 0, -2.0], abs=1e-5)
+    calibrate_face_logits(teacher.ClassHead, [(1.0, 0.0), (1.0, 0.0), (0.5, -2.0)])
+    got = level_calibration(student, teacher, _images(), scale=64)
+    assert got[0] == pytest.approx((1.0, 0.0), abs=1e-4) and got[2] == pytest.approx((0.5, -2.0), abs=1e-4)
     with pytest.raises(ValueError, match="at least one image"):
-        level_offsets(student, teacher, [])
-    with pytest.raises(ValueError, match="2 offsets for 3 class heads"):
-        shift_face_logits(student.ClassHead, [0.0, 1.0])
+        level_calibration(student, teacher, [])
+    with pytest.raises(ValueError, match="2 calibrations for 3 class heads"):
+        calibrate_face_logits(student.ClassHead, [(1.0, 0.0), (1.0, 1.0)])
 
 
 def test_pick_images_does_not_depend_on_file_order() -> None:

@@ -178,8 +178,8 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
         assert (out / phase / "metrics.jsonl").is_file() and (out / phase / "loss.png").is_file()
     student, spec = load_student(out / "phase3" / "student.pt")
     assert spec is not None and spec["params_after"] == summary["phase3"]["params"]
-    offsets = json.loads((out / "phase3" / "eval.json").read_text())["level_offsets"]
-    assert len(offsets) == 3 and all(np.isfinite(offsets)) and any(offsets)
+    fitted = json.loads((out / "phase3" / "eval.json").read_text())["level_calibration"]
+    assert np.asarray(fitted).shape == (3, 2) and np.isfinite(fitted).all()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         loc, _conf, _ldm = student(x)

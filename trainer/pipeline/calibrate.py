@@ -1,16 +1,18 @@
-"""Fit each pyramid level's face-logit offset to the teacher, after phase 3 (``calibrate.images``).
+"""Fit each pyramid level's face score to the teacher, after phase 3 (``calibrate.images``).
 
 The pruned student ranks faces well within a level but is over-confident on whole levels it saw little
 of: its 256-px anchors fire on torsos, posters and crowd blocks where the teacher's stay quiet
 (docs/nano_b.md, "Teacher-calibrated levels"). Detections of every level are ranked together by score,
-so one level's excess confidence costs AP everywhere. A constant per level corrects that at no run-time
-cost: it is added to the face logit's bias in that level's class head, which the ONNX export keeps.
+so one level's excess confidence costs AP everywhere. A scale and an offset per level correct that at
+no run-time cost: the face log-odds ``z`` of level k become ``a_k z + b_k`` by rewriting the face rows
+of that level's class head (a 1x1 conv, so any affine map of its output is another 1x1 conv), which
+the ONNX export keeps.
 
-Each offset ``b`` minimises the mean binary cross-entropy between the teacher's face probability and
-``sigmoid(student face log-odds + b)`` over every anchor of the level, on training images at original
-size (the test scale of the headline numbers; ``split.val_scale`` in the pipeline). No labels and no
-held-out image are used: the teacher alone says how confident each level should be. The loss is
-convex in ``b``: a few Newton steps.
+Each (a, b) minimises the mean binary cross-entropy between the teacher's face probability and
+``sigmoid(a z + b)`` over every anchor of the level (Platt scaling with the teacher as the target), on
+training images at original size (the test scale of the headline numbers; ``split.val_scale`` in the
+pipeline). No labels and no held-out image are used: the teacher alone says how confident each level
+should be. The loss is convex in (a, b): a few Newton steps.
 """
 
 from __future__ import annotations
@@ -51,29 +53,31 @@ def _face_outputs(model: nn.Module, blob: torch.Tensor) -> tuple[torch.Tensor, t
     return conf[:, 1] - conf[:, 0], conf.softmax(-1)[:, 1]
 
 
-def fit_offset(logodds: torch.Tensor, target: torch.Tensor, iters: int = 25) -> float:
-    """``b`` minimising mean BCE(target, sigmoid(logodds + b)) (Newton's method; convex in ``b``)."""
-    z, p = logodds.double(), target.double()
-    b = 0.0
+def fit_level(logodds: torch.Tensor, target: torch.Tensor, iters: int = 30) -> tuple[float, float]:
+    """(a, b) minimising mean BCE(target, sigmoid(a * logodds + b)) (Newton's method; convex)."""
+    x = torch.stack([logodds.double(), torch.ones_like(logodds, dtype=torch.float64)], 1)
+    p = target.double()
+    w = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    ridge = 1e-9 * torch.eye(2, dtype=torch.float64)  # keeps the step defined on degenerate input
     for _ in range(iters):
-        q = torch.sigmoid(z + b)
-        grad, hess = float((q - p).mean()), float((q * (1 - q)).mean())
-        if hess <= 0.0:
+        q = torch.sigmoid(x @ w)
+        grad = x.T @ (q - p) / len(p)
+        hess = (x * (q * (1 - q))[:, None]).T @ x / len(p) + ridge
+        step = torch.linalg.solve(hess, grad)
+        w -= step
+        if float(step.abs().max()) < 1e-7:
             break
-        step = grad / hess
-        b -= step
-        if abs(step) < 1e-6:
-            break
-    return b
+    return float(w[0]), float(w[1])
 
 
-def level_offsets(
+def level_calibration(
     student: nn.Module,
     teacher: nn.Module,
     images: Iterable[np.ndarray],
     scale: int | None = None,
-) -> list[float]:
-    """One face-logit offset per pyramid level: the student's level put at the teacher's confidence.
+) -> list[tuple[float, float]]:
+    """(scale, offset) of the face log-odds per pyramid level: the student's levels put at the
+    teacher's confidence.
     Images run at ``scale`` (the longer side; None: original size), as evaluation runs them. Both
     networks run on V1's priors (DESIGN §2), so their anchors align one for one."""
     student.eval()
@@ -94,14 +98,18 @@ def level_offsets(
             ps[k].append(pk)
     if not zs[0]:
         raise ValueError("calibration needs at least one image")
-    return [fit_offset(torch.cat(z), torch.cat(p)) for z, p in zip(zs, ps, strict=True)]
+    return [fit_level(torch.cat(z), torch.cat(p)) for z, p in zip(zs, ps, strict=True)]
 
 
 @torch.no_grad()
-def shift_face_logits(class_heads: nn.ModuleList, offsets: Sequence[float]) -> None:
-    """Add ``offsets[k]`` to the face logit of every anchor of level ``k`` (the bias of its class head;
-    channels are (anchor, class) pairs, class 1 = face, trainer.layers.heads)."""
-    if len(offsets) != len(class_heads):
-        raise ValueError(f"{len(offsets)} offsets for {len(class_heads)} class heads")
-    for head, b in zip(class_heads, offsets, strict=True):
-        head.conv1x1.bias[1::2] += b
+def calibrate_face_logits(class_heads: nn.ModuleList, params: Sequence[tuple[float, float]]) -> None:
+    """Make level ``k``'s face log-odds ``a z + b`` for ``params[k] = (a, b)``: the face row of each
+    anchor becomes background row + a (face row - background row), its bias + b (channels are
+    (anchor, class) pairs, class 1 = face, trainer.layers.heads); the background rows stay."""
+    if len(params) != len(class_heads):
+        raise ValueError(f"{len(params)} calibrations for {len(class_heads)} class heads")
+    for head, (a, b) in zip(class_heads, params, strict=True):
+        conv = head.conv1x1
+        for t in (conv.weight, conv.bias):
+            t[1::2] = t[0::2] + a * (t[1::2] - t[0::2])
+        conv.bias[1::2] += b

@@ -266,27 +266,32 @@ def phase3_finetune(ctx: PhaseContext, phase2: Path) -> Path:
     )
     record: dict[str, Any] = {}
     if recipe.calibrate.images:
-        record["level_offsets"] = _calibrate_levels(ctx, student)
+        record["level_calibration"] = _calibrate_levels(ctx, student)
     return _finish(ctx, final, student, spec, kd_state, **record)
 
 
-def _calibrate_levels(ctx: PhaseContext, student: NanoB) -> list[float]:
-    """Fit and fold each level's face-logit offset to the teacher (``calibrate.images`` training
-    images). Every rank computes the same offsets from the same images, so all hold one network."""
-    from trainer.pipeline.calibrate import level_offsets, pick_images, real_samples, shift_face_logits
+def _calibrate_levels(ctx: PhaseContext, student: NanoB) -> list[tuple[float, float]]:
+    """Fit each level's face score to the teacher (``calibrate.images`` training images) and fold it
+    into the class heads. Every rank fits the same from the same images, so all hold one network."""
+    from trainer.pipeline.calibrate import (
+        calibrate_face_logits,
+        level_calibration,
+        pick_images,
+        real_samples,
+    )
 
     assert ctx.teacher is not None  # the recipe refuses calibrate.images without teacher.weights
     samples = pick_images(real_samples(ctx.data.train), ctx.recipe.calibrate.images)
     student.to(ctx.device)
     scale = ctx.recipe.split.val_scale or None  # the scale the held-out images are scored at
-    offsets = level_offsets(student, ctx.teacher, (s.load_bgr() for s in samples), scale)
-    shift_face_logits(student.ClassHead, offsets)
+    params = level_calibration(student, ctx.teacher, (s.load_bgr() for s in samples), scale)
+    calibrate_face_logits(student.ClassHead, params)
     log.info(
-        "calibrated to the teacher on %d training images: face-logit offsets per level %s",
+        "calibrated to the teacher on %d training images: face log-odds per level %s",
         len(samples),
-        ", ".join(f"{b:+.3f}" for b in offsets),
+        ", ".join(f"{a:.3f} z {b:+.3f}" for a, b in params),
     )
-    return offsets
+    return params
 
 
 def export_student(ctx: PhaseContext, student_file: Path) -> Path:
