@@ -11,15 +11,31 @@ import torch
 
 from edge.anchors import level_counts
 from edge.errors import ConfigError
+from tests.shared_paths import need_shared
+from tests.tiny_nano_b import tiny_recipe
 from trainer.data.labels import FaceSample
 from trainer.models.nano_b import NanoB, NanoBConfig
 from trainer.pipeline.calibrate import calibrate_face_logits, fit_level, level_calibration, pick_images
 
 
 def test_fit_level_recovers_a_known_scale_and_offset() -> None:
+    torch.manual_seed(0)
     z = torch.randn(5000) * 3
     assert fit_level(z, torch.sigmoid(0.6 * z - 1.3)) == pytest.approx((0.6, -1.3), abs=1e-6)
     assert fit_level(z, torch.sigmoid(z)) == pytest.approx((1.0, 0.0), abs=1e-6)
+    # A trained detector's background anchors sit tens of units below zero: a full Newton step from
+    # (1, 0) saturates every sigmoid there, so the fit must search along the step.
+    for mean, spread, a, b in ((-12, 8, 0.5, -3.0), (-30, 20, 0.634, -1.6)):
+        z = torch.randn(100_000) * spread + mean
+        assert fit_level(z, torch.sigmoid(a * z + b)) == pytest.approx((a, b), abs=1e-5)
+
+
+def test_fit_level_refuses_what_it_cannot_fit(caplog: pytest.LogCaptureFixture) -> None:
+    """No face at all in the target, or a target that ranks the other way: the level is left as it is."""
+    z = torch.randn(5000) * 3
+    assert fit_level(z, torch.zeros(5000)) == (1.0, 0.0)
+    assert fit_level(z, torch.sigmoid(-z)) == (1.0, 0.0)
+    assert caplog.text.count("level calibration") == 2
 
 
 def _images() -> list[np.ndarray]:
@@ -92,3 +108,21 @@ def test_calibration_without_a_teacher_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"calibrate\.images needs a teacher"):
         from_dict(NanoBRecipe, {"teacher": {"weights": ""}, "calibrate": {"images": 4}})
     assert from_dict(NanoBRecipe, {"teacher": {"weights": ""}}).calibrate.images == 0
+
+
+@pytest.mark.shared
+def test_calibration_with_no_image_files_to_show_is_refused_before_training(tmp_path: Path) -> None:
+    """Training data of synthetic scenes only has nothing to show the teacher: the run stops when its
+    data is built, not after phase 3."""
+    need_shared("weights/featherface_v1_official.pth")
+    need_shared("data/face-crops-5pt")
+    from trainer.pipeline.run import make_context, with_overrides
+
+    recipe = with_overrides(
+        tiny_recipe(tmp_path / "run"),
+        data={"label_file": "", "synthetic_scenes": 4},
+        split={"val_images": 0},
+    )
+    with pytest.raises(ConfigError, match=r"calibrate\.images needs image files"):
+        make_context(recipe, tmp_path / "run")
+    assert not (tmp_path / "run" / "phase1").exists()

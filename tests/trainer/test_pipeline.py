@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -180,6 +181,16 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     assert spec is not None and spec["params_after"] == summary["phase3"]["params"]
     fitted = json.loads((out / "phase3" / "eval.json").read_text())["level_calibration"]
     assert np.asarray(fitted).shape == (3, 2) and np.isfinite(fitted).all()
+    # The student file holds the last trained weights with the fitted maps folded in, once.
+    from trainer.pipeline.calibrate import calibrate_face_logits
+
+    trained = copy.deepcopy(student)
+    saved = torch.load(out / "phase3" / "last.pt", weights_only=False)["model"]  # student + KD weights
+    weights = {k.removeprefix("student."): v for k, v in saved.items() if k.startswith("student.")}
+    trained.load_state_dict(weights)
+    calibrate_face_logits(trained.ClassHead, [tuple(m) for m in fitted])
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(student.state_dict()[name], value, msg=name)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         loc, _conf, _ldm = student(x)

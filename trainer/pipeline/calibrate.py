@@ -17,33 +17,35 @@ should be. The loss is convex in (a, b): a few Newton steps.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, Dataset
 
 from edge.anchors import DEFAULT_STEPS, level_counts
 from trainer.data.labels import FaceSample
 from trainer.eval.predict import preprocess, torch_runner
+from trainer.pipeline.data import image_key
 
 log = logging.getLogger(__name__)
 
 
 def real_samples(dataset: Dataset) -> list[FaceSample]:
-    """The annotated images behind a training dataset (synthetic scenes have no image to show)."""
+    """The image files behind a training dataset (synthetic scenes have none to show)."""
     if isinstance(dataset, ConcatDataset):
         return [s for d in dataset.datasets for s in real_samples(d)]
-    return list(getattr(dataset, "samples", []))
+    return [s for s in getattr(dataset, "samples", []) if s.image is not None]
 
 
 def pick_images(samples: Sequence[FaceSample], n: int) -> list[FaceSample]:
-    """``n`` samples chosen by a hash of their image, so the choice does not depend on file order."""
-    key = {id(s): hashlib.sha256(str(s.image).encode()).hexdigest() for s in samples}
-    return sorted(samples, key=lambda s: key[id(s)])[:n]
+    """``n`` samples chosen by a hash of ``<event>/<name>`` (as the held-out split is), so the choice
+    depends neither on file order nor on where the dataset lies."""
+    return sorted(samples, key=image_key)[:n]
 
 
 @torch.no_grad()
@@ -53,21 +55,45 @@ def _face_outputs(model: nn.Module, blob: torch.Tensor) -> tuple[torch.Tensor, t
     return conf[:, 1] - conf[:, 0], conf.softmax(-1)[:, 1]
 
 
-def fit_level(logodds: torch.Tensor, target: torch.Tensor, iters: int = 30) -> tuple[float, float]:
-    """(a, b) minimising mean BCE(target, sigmoid(a * logodds + b)) (Newton's method; convex)."""
+def _bce(x: torch.Tensor, p: torch.Tensor, w: torch.Tensor) -> float:
+    return float(F.binary_cross_entropy_with_logits(x @ w, p))
+
+
+def fit_level(
+    logodds: torch.Tensor, target: torch.Tensor, iters: int = 50, tol: float = 1e-9
+) -> tuple[float, float]:
+    """(a, b) minimising mean BCE(target, sigmoid(a * logodds + b)): Newton's method with a
+    backtracking line search (a full step from (1, 0) can saturate every sigmoid when the log-odds
+    spread over tens of units, as a trained detector's background anchors do).
+
+    A target with less than one face in all (the teacher saw nothing on this level: the optimum is at
+    infinity), a fit that does not converge, or one that would reverse the ranking (a <= 0) is
+    refused: (1, 0), with a warning."""
     x = torch.stack([logodds.double(), torch.ones_like(logodds, dtype=torch.float64)], 1)
     p = target.double()
+    if float(p.sum()) < 1.0 or float((1 - p).sum()) < 1.0:
+        log.warning("level calibration: the teacher's target is one-sided; level left as it is")
+        return 1.0, 0.0
     w = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    ridge = 1e-9 * torch.eye(2, dtype=torch.float64)  # keeps the step defined on degenerate input
+    ridge = 1e-9 * torch.eye(2, dtype=torch.float64)
+    loss = _bce(x, p, w)
     for _ in range(iters):
         q = torch.sigmoid(x @ w)
         grad = x.T @ (q - p) / len(p)
-        hess = (x * (q * (1 - q))[:, None]).T @ x / len(p) + ridge
-        step = torch.linalg.solve(hess, grad)
-        w -= step
-        if float(step.abs().max()) < 1e-7:
+        if float(grad.abs().max()) < tol:
             break
-    return float(w[0]), float(w[1])
+        step = torch.linalg.solve((x * (q * (1 - q))[:, None]).T @ x / len(p) + ridge, grad)
+        t = 1.0
+        while t > 1e-10 and _bce(x, p, w - t * step) > loss - 1e-4 * t * float(grad @ step):
+            t *= 0.5
+        w = w - t * step
+        loss = _bce(x, p, w)
+    grad = x.T @ (torch.sigmoid(x @ w) - p) / len(p)
+    a, b = float(w[0]), float(w[1])
+    if not (math.isfinite(a) and math.isfinite(b) and a > 0 and float(grad.abs().max()) < 1e-6):
+        log.warning("level calibration did not converge (a %.3g, b %.3g): left as it is", a, b)
+        return 1.0, 0.0
+    return a, b
 
 
 def level_calibration(

@@ -51,6 +51,14 @@ def split_wider(
     return train, val
 
 
+def image_key(s: FaceSample) -> str:
+    """sha256 of ``<event>/<name>``: the same for an image wherever its dataset lies."""
+    if s.image is None:
+        raise DatasetError("a label file split needs image files")
+    rel = f"{Path(s.image).parent.name}/{Path(s.image).name}"
+    return hashlib.sha256(rel.encode()).hexdigest()
+
+
 def split_by_image(samples: list[FaceSample], count: int) -> tuple[list[FaceSample], list[FaceSample]]:
     """``(train, val)``: the ``count`` samples whose ``<event>/<name>`` hashes lowest go to val.
 
@@ -63,13 +71,7 @@ def split_by_image(samples: list[FaceSample], count: int) -> tuple[list[FaceSamp
             f"split.val_images = {count} leaves no training image (the file has {len(samples)})"
         )
 
-    def key(s: FaceSample) -> str:
-        if s.image is None:
-            raise DatasetError("a label file split needs image files")
-        rel = f"{Path(s.image).parent.name}/{Path(s.image).name}"
-        return hashlib.sha256(rel.encode()).hexdigest()
-
-    held = {id(s) for s in sorted(samples, key=key)[:count]}
+    held = {id(s) for s in sorted(samples, key=image_key)[:count]}
     return [s for s in samples if id(s) not in held], [s for s in samples if id(s) in held]
 
 

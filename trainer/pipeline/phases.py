@@ -26,6 +26,7 @@ from trainer.engine.ddp import barrier
 from trainer.models.files import load_kd_state, load_student, save_student
 from trainer.models.init_from_teacher import init_backbone_imagenet, init_from_teacher
 from trainer.models.nano_b import NanoB
+from trainer.pipeline.calibrate import calibrate_face_logits, level_calibration, pick_images, real_samples
 from trainer.pipeline.loop import make_losses, recalibrate_bn, validation_ap, validation_loss
 from trainer.pipeline.train import PhaseContext, train_steps
 from trainer.prune.groups import model_groups
@@ -273,13 +274,6 @@ def phase3_finetune(ctx: PhaseContext, phase2: Path) -> Path:
 def _calibrate_levels(ctx: PhaseContext, student: NanoB) -> list[tuple[float, float]]:
     """Fit each level's face score to the teacher (``calibrate.images`` training images) and fold it
     into the class heads. Every rank fits the same from the same images, so all hold one network."""
-    from trainer.pipeline.calibrate import (
-        calibrate_face_logits,
-        level_calibration,
-        pick_images,
-        real_samples,
-    )
-
     assert ctx.teacher is not None  # the recipe refuses calibrate.images without teacher.weights
     samples = pick_images(real_samples(ctx.data.train), ctx.recipe.calibrate.images)
     student.to(ctx.device)

@@ -22,6 +22,7 @@ import torch
 from edge.errors import ConfigError
 from trainer.engine.checkpoint import seed_everything
 from trainer.engine.ddp import DistInfo, barrier, cleanup, init_distributed, pick_device
+from trainer.pipeline.calibrate import real_samples
 from trainer.pipeline.data import build_pipeline_data
 from trainer.pipeline.phases import export_student, phase1_distill, phase2_prune, phase3_finetune
 from trainer.pipeline.recipe import NanoBRecipe
@@ -62,6 +63,9 @@ def make_context(
     seed_everything(run.seed)
     teacher = load_teacher(recipe, info.device)
     data = build_pipeline_data(recipe, teacher)
+    if recipe.calibrate.images and not real_samples(data.train):
+        # Said now, not after phase 3 has trained: calibration needs images to show the teacher.
+        raise ConfigError("calibrate.images needs image files among the training data (it has none)")
     if info.is_main:
         record_config(out_dir, recipe)
     return PhaseContext(recipe, out_dir, teacher, data, resume, info)
