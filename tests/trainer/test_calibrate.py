@@ -31,11 +31,16 @@ def test_fit_level_recovers_a_known_scale_and_offset() -> None:
 
 
 def test_fit_level_refuses_what_it_cannot_fit(caplog: pytest.LogCaptureFixture) -> None:
-    """No face at all in the target, or a target that ranks the other way: the level is left as it is."""
+    """No face at all in the target, a target that ranks the other way or that has nothing to do with
+    the student's scores, or a scale beyond reason: the level is left as it is."""
     z = torch.randn(5000) * 3
     assert fit_level(z, torch.zeros(5000)) == (1.0, 0.0)
     assert fit_level(z, torch.sigmoid(-z)) == (1.0, 0.0)
-    assert caplog.text.count("level calibration") == 2
+    # A level whose scores say nothing of the teacher's would be flattened to one score (a near 0).
+    unrelated = torch.sigmoid(torch.randn(5000) * 3)
+    assert fit_level(z, unrelated) == (1.0, 0.0)
+    assert fit_level(z, torch.sigmoid(6.0 * z)) == (1.0, 0.0)
+    assert caplog.text.count("level calibration") == 4
 
 
 def _images() -> list[np.ndarray]:

@@ -34,6 +34,10 @@ from trainer.pipeline.data import image_key
 
 log = logging.getLogger(__name__)
 
+# Scales fitted on trained networks lie in 0.5-1.1 (docs/nano_b.md); one outside this range means the
+# student's level and the teacher's disagree beyond what a calibration should paper over.
+SCALE_RANGE = (0.25, 4.0)
+
 
 def real_samples(dataset: Dataset) -> list[FaceSample]:
     """The image files behind a training dataset (synthetic scenes have none to show)."""
@@ -67,8 +71,8 @@ def fit_level(
     spread over tens of units, as a trained detector's background anchors do).
 
     A target with less than one face in all (the teacher saw nothing on this level: the optimum is at
-    infinity), a fit that does not converge, or one that would reverse the ranking (a <= 0) is
-    refused: (1, 0), with a warning."""
+    infinity), a fit that does not converge, or a scale outside ``SCALE_RANGE`` (a level whose scores
+    do not follow the teacher's at all) is refused: (1, 0), with a warning."""
     x = torch.stack([logodds.double(), torch.ones_like(logodds, dtype=torch.float64)], 1)
     p = target.double()
     if float(p.sum()) < 1.0 or float((1 - p).sum()) < 1.0:
@@ -92,6 +96,11 @@ def fit_level(
     a, b = float(w[0]), float(w[1])
     if not (math.isfinite(a) and math.isfinite(b) and a > 0 and float(grad.abs().max()) < 1e-6):
         log.warning("level calibration did not converge (a %.3g, b %.3g): left as it is", a, b)
+        return 1.0, 0.0
+    if not SCALE_RANGE[0] <= a <= SCALE_RANGE[1]:
+        # A scale near 0 flattens the level to one score: the student's level does not follow the
+        # teacher's (an untrained level), and no calibration can make it rank faces.
+        log.warning("level calibration scale %.3g is outside %s: left as it is", a, SCALE_RANGE)
         return 1.0, 0.0
     return a, b
 
