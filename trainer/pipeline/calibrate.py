@@ -112,9 +112,9 @@ def level_calibration(
     scale: int | None = None,
 ) -> list[tuple[float, float]]:
     """(scale, offset) of the face log-odds per pyramid level: the student's levels put at the
-    teacher's confidence.
-    Images run at ``scale`` (the longer side; None: original size), as evaluation runs them. Both
-    networks run on V1's priors (DESIGN §2), so their anchors align one for one."""
+    teacher's confidence. Images run at ``scale`` (the longer side; None: original size), as
+    evaluation runs them. Both networks run on V1's priors (DESIGN §2), so their anchors align one
+    for one."""
     student.eval()
     teacher.eval()
     runner = torch_runner(student, "nano_b")  # the evaluation's preprocessing (mean, colour order)

@@ -139,9 +139,9 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class CalibrateConfig:
-    """After phase 3: each pyramid level's face-logit offset fitted to the teacher (no labels) on this
-    many training images at ``split.val_scale``, folded into the class heads
-    (trainer.pipeline.calibrate). 0: off."""
+    """After phase 3: a scale and an offset of each pyramid level's face log-odds, fitted to the
+    teacher (no labels) on this many training images at ``split.val_scale`` and folded into the class
+    heads (trainer.pipeline.calibrate). 0: off."""
 
     images: int = 0
 
