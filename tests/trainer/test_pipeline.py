@@ -200,6 +200,8 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
 
     onnx_path = Path(summary["files"]["onnx"])
     info = read_model(onnx_path)  # the edge's reader: contract metadata present, parameters counted
+    assert info.meta.provenance["phases"][-1] == "teacher-calibration"
+    assert info.meta.provenance["level_calibration"] == fitted
     assert 0 < info.parameters < summary["phase2"]["params_before"]
     assert info.meta.parameters == info.parameters
     got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(

@@ -295,11 +295,16 @@ def export_student(ctx: PhaseContext, student_file: Path) -> Path:
     student, spec = load_student(student_file)
     w, h = ctx.recipe.run.export_size
     rates = (spec or {}).get("rates", {})
-    provenance = {
+    provenance: dict[str, Any] = {
         "teacher": ctx.recipe.teacher.weights,
         "phases": ["distill", "b-fpgm", "finetune"],
         "data": ctx.data.describe(),
         "pruning_rates": rates,
     }
+    record = student_file.parent / "eval.json"
+    calibration = json.loads(record.read_text()).get("level_calibration") if record.is_file() else None
+    if calibration:  # the face scores were mapped after training: say so in the file that ships
+        provenance["phases"].append("teacher-calibration")
+        provenance["level_calibration"] = calibration
     result = export_model(student, ctx.out / "export", "nano_b", width=w, height=h, provenance=provenance)
     return result.files["onnx"]
