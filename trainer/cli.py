@@ -123,6 +123,45 @@ def export(
         typer.echo(f"{kind}: {path} ({path.stat().st_size / 1e6:.3f} MB)")
 
 
+@app.command("import-onnx")
+def import_onnx(
+    model: Annotated[
+        Path, typer.Argument(help="An exported Nano-B .onnx (edge/models/featherface-nano-b.onnx).")
+    ],
+    out: Annotated[Path, typer.Option(help="The student file to write.")] = Path("student.pt"),
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Pipeline TOML of the [model] table it was trained with (older files only)."),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of photos that give the folded BNs their statistics (for training)."),
+    ] = None,
+) -> None:
+    """Rebuild the trainable Nano-B an ONNX file was exported from (its outputs checked against the file)."""
+    import torch
+
+    from trainer.eval.predict import preprocess, read_image, torch_runner
+    from trainer.models.files import save_student
+    from trainer.models.from_onnx import restandardise, student_from_onnx
+    from trainer.pipeline.recipe import load_recipe
+
+    cfg = load_recipe(config).model if config else None
+    imported = student_from_onnx(model, cfg)
+    if images is not None:
+        if not images.is_dir():
+            raise typer.BadParameter(f"not a folder: {images}", param_hint="--images")
+        files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:32]
+        if not files:
+            raise typer.BadParameter(f"no .jpg/.png files in {images}", param_hint="--images")
+        runner = torch_runner(imported.model)
+        blobs = (torch.from_numpy(preprocess(read_image(f), runner, 640)[0]) for f in files)
+        typer.echo(f"BN statistics from {len(files)} photos: {restandardise(imported.model, blobs)} BNs")
+    save_student(out, imported.model, imported.spec, extra={"start_from": str(model)})
+    params = sum(p.numel() for p in imported.model.parameters())
+    typer.echo(f"{out}: Nano-B, {params:,} parameters before BN folding, {len(imported.spec)} layers")
+
+
 @app.command()
 def info(
     arch: Annotated[

@@ -223,7 +223,7 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
         dest = tmp_path / "export" / phase
         args = ["export", str(out / phase / "student.pt"), "--format", "onnx,openvino", "--out", str(dest)]
         result = CliRunner().invoke(app, [*args, "--size", "96x64"])
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 0, (result.output, repr(result.exception))
         ort_det = load_detector(dest / "nano-b.onnx", backend="onnxruntime", threads=1)
         ov_det = load_detector(dest / "nano-b.xml", backend="openvino", threads=1)
         for frame in frames:  # both files, on both runtimes, give the same raw outputs for every anchor
@@ -239,6 +239,20 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     # Resuming a finished run does no work and returns the same files.
     again = run_nano_b(recipe, resume=True)
     assert again["files"] == summary["files"]
+
+    # Another run fine-tunes the exported file itself (run.start_from): no phase 1 or 2, the network
+    # rebuilt from the file scores as the one it was exported from, and the new export says whence.
+    from trainer.pipeline.run import with_overrides
+
+    tuned = run_nano_b(
+        with_overrides(recipe, run={"out_dir": str(tmp_path / "tuned"), "start_from": str(onnx_path)})
+    )
+    assert tuned["files"]["phase1"] is None and not (tmp_path / "tuned" / "phase1").exists()
+    assert tuned["start"]["val_loss"] == pytest.approx(summary["phase3"]["val_loss"], rel=1e-3)
+    provenance = read_model(Path(tuned["files"]["onnx"])).meta.provenance
+    assert provenance["phases"] == ["finetune", "teacher-calibration"]
+    assert provenance["start_from"]["file"] == onnx_path.name
+    assert provenance["start_from"]["phases"] == info.meta.provenance["phases"]
     print(f"tiny pipeline: {time.perf_counter() - start:.1f} s")
 
 

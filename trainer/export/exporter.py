@@ -6,6 +6,7 @@ format's metadata repeats, so all files of one export describe the same network.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import tempfile
@@ -26,7 +27,7 @@ from edge.errors import FeatherFaceError
 from trainer.export import metadata
 from trainer.export.openvino_ir import save_ir, sidecar_path
 from trainer.export.rewrite import merge_parallel_convs, split_grouped_convs
-from trainer.export.verify import verify_file
+from trainer.export.verify import SCALE_SUFFIX, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,22 @@ def _onnx_bytes(head: nn.Module, example: torch.Tensor, dynamic: bool) -> bytes:
     return buf.getvalue()
 
 
+def onnx_graph(
+    head: nn.Module, example: torch.Tensor, dynamic: bool = True, rewrite: bool = True
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """``(graph as the file holds it, graph before the rewrites)`` of an :class:`InferenceHead`: the
+    export without metadata or checks (:mod:`trainer.models.from_onnx` reads it backwards)."""
+    with torch.no_grad():
+        model = _strip_debug_info(onnx.load_from_string(_onnx_bytes(head, example, dynamic)))
+    grouped = onnx.ModelProto()
+    grouped.CopyFrom(model)  # what OpenVINO gets: its grouped kernel beats the split form
+    if rewrite:
+        model, n_split = split_grouped_convs(model)
+        model, n_merged = merge_parallel_convs(model)
+        log.info("rewrites: %d grouped convs split per group, %d parallel convs merged", n_split, n_merged)
+    return model, grouped
+
+
 def _strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the exporter's per-node stack traces and intermediate shapes: they are a third of the
     file for a small network, and a device has no use for them."""
@@ -122,8 +139,12 @@ class _Steps:
         """PyTorch's outputs for a warm-up input (computed once per size, shared by the formats)."""
         if x.shape not in self._refs:
             with torch.no_grad():
-                outs = self.head(torch.from_numpy(x))
+                loc, logits, ldm = self.head.net(torch.from_numpy(x))
+            outs = (loc, torch.softmax(logits, dim=-1), ldm)  # what InferenceHead returns
             self._refs[x.shape] = {k: t.numpy() for k, t in zip(OUTPUT_NAMES, outs, strict=True)}
+            # The class scores' rounding follows their logits: a 2-way softmax moves by at most half
+            # of what its logits move, and float32 re-association moves those in proportion to their size.
+            self._refs[x.shape]["conf" + SCALE_SUFFIX] = np.asarray(float(logits.abs().max()) / 2)
         return self._refs[x.shape]
 
     @contextmanager
@@ -186,20 +207,16 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     head = InferenceHead(net.cpu().eval()).eval()
     example = torch.zeros(1, 3, height, width)
+    cfg = getattr(net, "cfg", None)
+    if dataclasses.is_dataclass(cfg):  # the architecture, so the file alone can be rebuilt for training
+        from trainer.config import to_dict
+
+        provenance = {"model": to_dict(cfg), **(provenance or {})}
     steps = _Steps(head)
 
     onnx_path = out / f"{name}.onnx"
     with steps.step("onnx", [onnx_path]):
-        with torch.no_grad():
-            model = _strip_debug_info(onnx.load_from_string(_onnx_bytes(head, example, dynamic)))
-        grouped = onnx.ModelProto()
-        grouped.CopyFrom(model)  # what OpenVINO gets: its grouped kernel beats the split form
-        if rewrite:
-            model, n_split = split_grouped_convs(model)
-            model, n_merged = merge_parallel_convs(model)
-            log.info(
-                "rewrites: %d grouped convs split per group, %d parallel convs merged", n_split, n_merged
-            )
+        model, grouped = onnx_graph(head, example, dynamic, rewrite)
         meta = metadata.build_meta(name, version, width, height, dynamic, model, provenance)
         metadata.attach(model, meta)
         onnx.save(model, onnx_path)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import torch
 from trainer.data.dataset import endless_batches
 from trainer.engine.ddp import barrier
 from trainer.models.files import load_kd_state, load_student, save_student
+from trainer.models.from_onnx import restandardise, student_from_onnx
 from trainer.models.init_from_teacher import init_backbone_imagenet, init_from_teacher
 from trainer.models.nano_b import NanoB
 from trainer.pipeline.calibrate import calibrate_face_logits, level_calibration, pick_images, real_samples
@@ -47,18 +50,26 @@ def evaluate_student(ctx: PhaseContext, model: torch.nn.Module) -> dict[str, flo
     return row
 
 
-def _recalibrate(ctx: PhaseContext, model: torch.nn.Module) -> None:
-    """BN statistics re-estimated on training batches (a separate seed stream, no weight change)."""
-    data, steps = ctx.recipe.data, ctx.recipe.run.bn_recalibration
+@contextmanager
+def _training_batches(ctx: PhaseContext, steps: int) -> Iterator[Iterator[Any]]:
+    """Training batches on a separate seed stream, for statistics rather than steps."""
+    data = ctx.recipe.data
     # Loader workers build the batches (the GPU recipe has 14): the main process alone took 8 s for 8
     # batches of 32 at 640 px on the 2-core development machine, while a whole H100 search trial took
     # 22-27 s. No more workers than batches (each prefetches two). Same batches either way.
     workers = min(data.num_workers, steps)
     batches = endless_batches(ctx.data.train, data.batch_size, ctx.recipe.run.seed + 1, workers)
     try:
-        recalibrate_bn(model.to(ctx.device), batches, steps, ctx.device)
+        yield batches
     finally:
         batches.close()
+
+
+def _recalibrate(ctx: PhaseContext, model: torch.nn.Module) -> None:
+    """BN statistics re-estimated on training batches (no weight change)."""
+    steps = ctx.recipe.run.bn_recalibration
+    with _training_batches(ctx, steps) as batches:
+        recalibrate_bn(model.to(ctx.device), batches, steps, ctx.device)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -82,6 +93,33 @@ def _finish(
         save_student(final, student, spec, extra={"eval": metrics, "kd_state": kd_state})
     barrier(ctx.info)
     return final
+
+
+# ---------------------------------------------------------------------------------- run.start_from
+
+
+def start_student(ctx: PhaseContext) -> Path:
+    """``run.start_from`` saved as the student phase 3 fine-tunes, in place of phases 1 and 2.
+
+    An exported ``.onnx`` is rebuilt (:mod:`trainer.models.from_onnx`) and its folded BNs get the
+    statistics of training batches, so that training mode starts from the file's function rather than
+    re-normalising convs that already hold their scale. A ``student.pt`` is taken as it is.
+    """
+    out = ctx.out / "start"
+    final = out / "student.pt"
+    if final.is_file():
+        return final
+    source = Path(ctx.recipe.run.start_from)
+    if source.suffix.lower() == ".onnx":
+        imported = student_from_onnx(source, ctx.recipe.model)
+        student, spec = imported.model.to(ctx.device), imported.spec
+        steps = max(ctx.recipe.run.bn_recalibration, 1)
+        with _training_batches(ctx, steps) as batches:
+            n = restandardise(student, (next(batches)[0].to(ctx.device) for _ in range(steps)))
+        log.info("start: %s rebuilt; %d folded BNs given training batches' statistics", source, n)
+    else:
+        student, spec = load_student(source)
+    return _finish(ctx, final, student, spec, {}, start_from=str(source))
 
 
 # ----------------------------------------------------------------------------------------------- 1
@@ -288,6 +326,16 @@ def _calibrate_levels(ctx: PhaseContext, student: NanoB) -> list[tuple[float, fl
     return params
 
 
+def _start_provenance(source: Path) -> dict[str, Any]:
+    """What the export records of ``run.start_from``: the file, and an ONNX file's own provenance."""
+    if source.suffix.lower() != ".onnx":
+        return {"file": source.name}
+    from edge.model import read_model
+
+    model = read_model(source)
+    return {"file": source.name, "weights_sha256": model.meta.weights_sha256, **model.meta.provenance}
+
+
 def export_student(ctx: PhaseContext, student_file: Path) -> Path:
     """ONNX with the DESIGN §1 metadata at ``run.export_size``; returns the .onnx path."""
     from trainer.export.exporter import export_model
@@ -301,6 +349,10 @@ def export_student(ctx: PhaseContext, student_file: Path) -> Path:
         "data": ctx.data.describe(),
         "pruning_rates": rates,
     }
+    if ctx.recipe.run.start_from:  # fine-tuned from a trained student: say which, and how it was made
+        provenance["phases"] = ["finetune"]
+        provenance["start_from"] = _start_provenance(Path(ctx.recipe.run.start_from))
+        provenance["pruning_rates"] = rates or provenance["start_from"].get("pruning_rates", {})
     record = student_file.parent / "eval.json"
     calibration = json.loads(record.read_text()).get("level_calibration") if record.is_file() else None
     if calibration:  # the face scores were mapped after training: say so in the file that ships

@@ -24,7 +24,13 @@ from trainer.engine.checkpoint import seed_everything
 from trainer.engine.ddp import DistInfo, barrier, cleanup, init_distributed, pick_device
 from trainer.pipeline.calibrate import real_samples
 from trainer.pipeline.data import build_pipeline_data
-from trainer.pipeline.phases import export_student, phase1_distill, phase2_prune, phase3_finetune
+from trainer.pipeline.phases import (
+    export_student,
+    phase1_distill,
+    phase2_prune,
+    phase3_finetune,
+    start_student,
+)
 from trainer.pipeline.recipe import NanoBRecipe
 from trainer.pipeline.train import PhaseContext
 
@@ -143,8 +149,12 @@ def _run_phases(ctx: PhaseContext, until: str) -> dict[str, Any]:
     recipe = ctx.recipe
     log.info("data: %s", ctx.data.describe())
     last = PHASES.index(until)
-    p1 = phase1_distill(ctx)
-    p2 = phase2_prune(ctx, p1) if last >= 1 else None
+    if recipe.run.start_from:  # a trained student stands in for phases 1 and 2
+        p1 = None
+        p2 = start_student(ctx) if last >= 1 else None
+    else:
+        p1 = phase1_distill(ctx)
+        p2 = phase2_prune(ctx, p1) if last >= 1 else None
     p3 = phase3_finetune(ctx, p2) if p2 is not None and last >= 2 else None
     export = p3 is not None and recipe.run.export and ctx.info.is_main
     onnx_path = export_student(ctx, p3) if export else None
@@ -153,14 +163,14 @@ def _run_phases(ctx: PhaseContext, until: str) -> dict[str, Any]:
         "val_events": list(recipe.split.val_events),
         "val_scale": recipe.split.val_scale,
         "files": {
-            "phase1": str(p1),
+            "phase1": str(p1) if p1 else None,
             "phase2": str(p2) if p2 else None,
             "phase3": str(p3) if p3 else None,
             "onnx": str(onnx_path) if onnx_path else None,
         },
         "seconds": round(time.perf_counter() - start, 1),
     }
-    for name in PHASES:
+    for name in ("start", *PHASES):
         path = ctx.out / name / "eval.json"
         if path.is_file():
             summary[name] = json.loads(path.read_text())
