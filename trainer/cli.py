@@ -142,8 +142,8 @@ def import_onnx(
     import torch
 
     from trainer.eval.predict import preprocess, read_image, torch_runner
+    from trainer.export.from_onnx import restandardise, student_from_onnx
     from trainer.models.files import save_student
-    from trainer.models.from_onnx import restandardise, student_from_onnx
     from trainer.pipeline.recipe import load_recipe
 
     cfg = load_recipe(config).model if config else None

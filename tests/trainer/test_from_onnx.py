@@ -1,4 +1,4 @@
-"""An exported Nano-B rebuilt for training (trainer.models.from_onnx): the file's widths and function."""
+"""An exported Nano-B rebuilt for training (trainer.export.from_onnx): the file's widths and function."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from edge.contract import METADATA_KEY
 from edge.errors import ModelError
 from trainer.export import export_model
 from trainer.export.exporter import InferenceHead
+from trainer.export.from_onnx import restandardise, student_from_onnx
 from trainer.models.files import load_student, save_student
-from trainer.models.from_onnx import restandardise, student_from_onnx
 from trainer.models.nano_b import NanoB, NanoBConfig
 from trainer.prune.surgery import analyse, remove_channels
 

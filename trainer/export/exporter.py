@@ -104,7 +104,7 @@ def onnx_graph(
     head: nn.Module, example: torch.Tensor, dynamic: bool = True, rewrite: bool = True
 ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """``(graph as the file holds it, graph before the rewrites)`` of an :class:`InferenceHead`: the
-    export without metadata or checks (:mod:`trainer.models.from_onnx` reads it backwards)."""
+    export without metadata or checks (:mod:`trainer.export.from_onnx` reads it backwards)."""
     with torch.no_grad():
         model = _strip_debug_info(onnx.load_from_string(_onnx_bytes(head, example, dynamic)))
     grouped = onnx.ModelProto()

@@ -25,8 +25,8 @@ import torch
 
 from trainer.data.dataset import endless_batches
 from trainer.engine.ddp import barrier
+from trainer.export.from_onnx import restandardise, student_from_onnx
 from trainer.models.files import load_kd_state, load_student, save_student
-from trainer.models.from_onnx import restandardise, student_from_onnx
 from trainer.models.init_from_teacher import init_backbone_imagenet, init_from_teacher
 from trainer.models.nano_b import NanoB
 from trainer.pipeline.calibrate import calibrate_face_logits, level_calibration, pick_images, real_samples
@@ -101,7 +101,7 @@ def _finish(
 def start_student(ctx: PhaseContext) -> Path:
     """``run.start_from`` saved as the student phase 3 fine-tunes, in place of phases 1 and 2.
 
-    An exported ``.onnx`` is rebuilt (:mod:`trainer.models.from_onnx`) and its folded BNs get the
+    An exported ``.onnx`` is rebuilt (:mod:`trainer.export.from_onnx`) and its folded BNs get the
     statistics of training batches, so that training mode starts from the file's function rather than
     re-normalising convs that already hold their scale. A ``student.pt`` is taken as it is.
     """

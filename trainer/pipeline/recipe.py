@@ -35,7 +35,7 @@ class RunConfig:
     grad_clip: float = 10.0  # max gradient norm of the student (0 = off): a bad batch cannot blow up BN
     amp: bool = False  # float16 autocast + GradScaler on CUDA (no effect on the CPU)
     # A trained Nano-B to fine-tune instead of making one: an exported .onnx (rebuilt by
-    # trainer.models.from_onnx: a shipped file is enough) or a student.pt. Phases 1 and 2 are skipped
+    # trainer.export.from_onnx: a shipped file is enough) or a student.pt. Phases 1 and 2 are skipped
     # and phase 3 starts from it; "" runs the whole pipeline.
     start_from: str = ""
 
