@@ -85,9 +85,15 @@ def _fusion_design(j: int, n: int) -> np.ndarray:
     return (j + 2.0) ** np.arange(n)
 
 
-def _mark(net: nn.Module, shifts: bool) -> dict[str, int]:
+def _identity(bn: nn.BatchNorm2d) -> dict[str, float]:
+    """The values of an identity BN's scale and statistics (its shift is set apart)."""
+    return {"weight": 1.0, "running_mean": 0.0, "running_var": 1.0 - bn.eps}
+
+
+def _mark(net: nn.Module, shifts: bool) -> tuple[dict[str, int], int]:
     """Set the template's tensors (see the module doc); returns state key -> marker offset (element i
-    of that tensor holds ``offset + 1 + i``). ``shifts``: mark the BN shifts, else the conv biases."""
+    of that tensor holds ``offset + 1 + i``) and the last marker. ``shifts``: mark the BN shifts, else
+    the conv biases."""
     bns = {name: m for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)}
     fusion = list(_fusion_eps(net))
     filler = torch.Generator().manual_seed(0)
@@ -101,8 +107,7 @@ def _mark(net: nn.Module, shifts: bool) -> dict[str, int]:
             if key in fusion:
                 v.copy_(torch.from_numpy(_fusion_design(fusion.index(key), v.numel())))
             elif module in bns and leaf != "bias":
-                identity = {"weight": 1.0, "running_mean": 0.0, "running_var": 1.0 - bns[module].eps}
-                v.fill_(identity[leaf])
+                v.fill_(_identity(bns[module])[leaf])
             elif leaf == "bias" and (module in bns) != shifts:
                 v.copy_(0.01 + 0.19 * torch.rand(v.shape, generator=filler))
             else:
@@ -111,7 +116,7 @@ def _mark(net: nn.Module, shifts: bool) -> dict[str, int]:
                 n += v.numel()
     if n > LAST_MARKER:
         raise ModelError(f"a network of {n:,} values is too large to import (at most {LAST_MARKER:,})")
-    return offsets
+    return offsets, n
 
 
 @dataclass
@@ -134,11 +139,10 @@ def _read_template(
 
     reading = _Reading({}, {}, {})
     for shifts in (True,) if shifts_only else (True, False):
-        offsets = _mark(net, shifts)
+        offsets, top = _mark(net, shifts)
         order = sorted(offsets.items(), key=lambda kv: kv[1])
         starts = np.array([o for _, o in order], np.int64)
         owners = np.array([k for k, _ in order], dtype=object)
-        top = max((o + net.state_dict()[k].numel() for k, o in order), default=FIRST_MARKER)
         graph, _ = onnx_graph(InferenceHead(net.eval()), example)
         inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
         if inits.keys() != names:
@@ -245,8 +249,7 @@ def _fill(net: nn.Module, reading: _Reading, file_model: onnx.ModelProto) -> Non
             continue
         if module in bns and leaf != "bias":
             # An identity unless the file kept this BN as a node (copied by name below).
-            identity = {"weight": 1.0, "running_mean": 0.0, "running_var": 1.0 - bns[module].eps}
-            v.fill_(identity[leaf])
+            v.fill_(_identity(bns[module])[leaf])
         else:
             v.zero_()  # a conv bias beside a BN shift stays 0: the file holds their sum
     for name, keys in reading.keys.items():
