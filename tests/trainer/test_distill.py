@@ -107,3 +107,21 @@ def test_level_balance_gives_each_pyramid_level_the_same_share() -> None:
     assert float(kd_class_loss(student, teacher, 4.0, uniform)) == pytest.approx(float(plain), rel=1e-6)
     with pytest.raises(ValueError, match="at least one anchor"):
         level_weights([4, 0])
+
+
+def test_settle_puts_each_weight_at_the_minimum_of_its_term() -> None:
+    """``settle``: weight ``1 / L`` (the minimum of ``exp(-s) L + s``), inside the bound, and the
+    gradient of the uncertainty-weighted sum with respect to each log-variance is then zero."""
+    loss = DistillLoss(DistillConfig(log_var_bound=2.0))
+    terms = {"cls": 0.12, "box": 0.5, "ldm": 2.4}
+    loss.settle(terms)
+    w = loss.weights()
+    assert w["w_cls"] == pytest.approx(min(1 / 0.12, math.exp(1.9)), rel=1e-5)
+    assert w["w_box"] == pytest.approx(2.0, rel=1e-5) and w["w_ldm"] == pytest.approx(1 / 2.4, rel=1e-5)
+    s = loss.log_var()
+    stacked = torch.tensor([terms["box"], terms["ldm"]])
+    (torch.exp(-s[1:]) * stacked + s[1:]).sum().backward()
+    assert loss.raw_log_var.grad[1:].abs().max() < 1e-5
+    loss.settle({"cls": 0.0, "box": 100.0, "ldm": 1.0})  # no positives; a huge term: both at the limit
+    assert loss.weights()["w_cls"] == pytest.approx(math.exp(1.9), rel=1e-5)
+    assert loss.weights()["w_box"] == pytest.approx(math.exp(-1.9), rel=1e-5)

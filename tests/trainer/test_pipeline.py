@@ -468,3 +468,29 @@ def test_level_balanced_class_kd_reaches_the_step_for_every_input_size(tmp_path:
         s_out, t_out = student.train()(images), teacher(images)
         want = kd_class_loss(s_out[1], t_out[1], 4.0, level_weights([288, 72, 18]))
     assert balanced == pytest.approx(float(want), rel=1e-4) and balanced != pytest.approx(unbalanced)
+
+
+def test_frozen_bn_step_keeps_the_statistics_and_normalises_with_them(tmp_path: Path) -> None:
+    """``phase3.freeze_bn``: the step runs every BatchNorm in eval mode (its running statistics stay,
+    and the output is the eval-mode network's) while the step without it updates them."""
+    from trainer.pipeline.loop import kd_step, make_losses
+
+    recipe = tiny_recipe(tmp_path)
+    losses = make_losses(recipe, 64, torch.device("cpu"))
+    torch.manual_seed(0)
+    student = NanoB(recipe.model)
+    images = torch.randn(2, 3, 64, 64) * 3 + 1  # far from the initial statistics (0, 1)
+    targets = [torch.tensor([[0.2, 0.2, 0.5, 0.5] + [-1.0] * 10 + [1.0]])] * 2
+
+    def stats(net: torch.nn.Module) -> list[torch.Tensor]:
+        return [b.clone() for n, b in net.named_buffers() if n.endswith(("running_mean", "running_var"))]
+
+    before = stats(student)
+    frozen = kd_step(None, losses, freeze_bn=True)(student, images, targets)["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(before, stats(student), strict=True))
+    with torch.no_grad():
+        want = losses.task_for(images)(student.eval()(images), targets).total
+    assert float(frozen) == pytest.approx(float(want), rel=1e-5)
+
+    kd_step(None, losses)(student, images, targets)
+    assert not all(torch.equal(a, b) for a, b in zip(before, stats(student), strict=True))

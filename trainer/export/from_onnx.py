@@ -46,7 +46,7 @@ from torch import nn
 
 from edge.errors import ModelError
 from trainer.layers.bifpn import BiFPNCell
-from trainer.models.nano_b import NanoB, NanoBConfig, apply_channel_spec
+from trainer.models.nano_b import NanoB, NanoBConfig, apply_channel_spec, weight_shapes
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +215,10 @@ def _widths(template: nn.Module, reading: _Reading, file_model: onnx.ModelProto)
 def _fusion_weights(net: nn.Module, reading: _Reading, file_inits: Mapping[str, np.ndarray]) -> dict:
     """Raw BiFPN fusion weights that normalise to the file's scalars."""
     eps = _fusion_eps(net)
+    sizes = {key: t.numel() for key, t in net.state_dict().items() if key in eps}
     design = {}
     for j, key in enumerate(eps):
-        raw = _fusion_design(j, net.state_dict()[key].numel())
+        raw = _fusion_design(j, sizes[key])
         for i, v in enumerate(raw / (raw.sum() + eps[key])):
             design[(key, i)] = v
     found: dict[str, dict[int, float]] = {}
@@ -229,9 +230,8 @@ def _fusion_weights(net: nn.Module, reading: _Reading, file_inits: Mapping[str, 
             found.setdefault(key, {})[i] = float(file_inits[name])
     raw_weights = {}
     for key, e in eps.items():
-        n = net.state_dict()[key].numel()
         # An entry no node reads (a fusion input the network never uses) counts as 0 in the sum.
-        w = np.array([found.get(key, {}).get(i, 0.0) for i in range(n)], np.float64)
+        w = np.array([found.get(key, {}).get(i, 0.0) for i in range(sizes[key])], np.float64)
         # relu(t w) / (t sum(w) + eps) = w  <=>  t = eps / (1 - sum(w)); the sum is < 1 by eps.
         gap = 1.0 - w.sum()
         raw_weights[key] = torch.from_numpy((w * (e / gap if gap > 1e-9 else 1e4)).astype(np.float32))
@@ -332,9 +332,7 @@ def student_from_onnx(path: str | Path, cfg: NanoBConfig | None = None) -> Impor
     worst = _check(net, path, example)
     log.info("imported %s: %d layers resized, outputs within %.1g of the file", path, len(spec), worst)
     # The spec save_student records: every weight's shape, as nano_b_from_state derives it.
-    state = net.state_dict()
-    full = {k.removesuffix(".weight"): list(v.shape) for k, v in state.items() if k.endswith(".weight")}
-    return Imported(net.eval(), full, path)
+    return Imported(net.eval(), weight_shapes(net.state_dict()), path)
 
 
 @torch.no_grad()

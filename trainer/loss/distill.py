@@ -25,6 +25,7 @@ Coordinates: every regression tensor is in the raw, variance-scaled prior units 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -119,6 +120,22 @@ class DistillLoss(nn.Module):
         """Current per-term weights ``exp(-s_i)``, for logging."""
         w = torch.exp(-self.log_var().detach())
         return {f"w_{name}": float(v) for name, v in zip(KD_TERMS, w, strict=True)}
+
+    @torch.no_grad()
+    def settle(self, terms: dict[str, float]) -> None:
+        """Set each weight where training would take it for these mean KD term values.
+
+        ``exp(-s) L + s`` is smallest at ``s = log L``, i.e. weight ``1 / L``, which the learnable
+        weights approach over a long run. A run that starts from a finished network without its KD
+        state (an imported file) starts there instead of at weight 1, which after a long phase 3 was
+        7x too little class KD (docs/nano_b.md, "Fine-tuning a shipped file"). Kept inside 0.95 of the
+        bound, where the squashing still passes gradients.
+        """
+        b = self.cfg.log_var_bound
+        limit = 0.95 * b
+        s = [math.log(terms[n]) if terms[n] > 0 else -limit for n in KD_TERMS]
+        s_t = torch.tensor([max(-limit, min(limit, v)) for v in s])
+        self.raw_log_var.copy_(b * torch.atanh(s_t / b))
 
     def kd_terms(
         self, student: Outputs, teacher: Outputs, anchor_weight: torch.Tensor | None = None

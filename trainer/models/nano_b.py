@@ -296,6 +296,11 @@ def apply_channel_spec(model: nn.Module, spec: Mapping[str, list[int]]) -> nn.Mo
     return model
 
 
+def weight_shapes(state: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+    """The channel spec a state dict implies: each module's weight shape, by module name."""
+    return {k.removesuffix(".weight"): list(v.shape) for k, v in state.items() if k.endswith(".weight")}
+
+
 def nano_b_from_state(
     cfg: NanoBConfig, state: Mapping[str, torch.Tensor], spec: Mapping[str, list[int]] | None = None
 ) -> NanoB:
@@ -303,7 +308,7 @@ def nano_b_from_state(
     strictly. This is how a pruned checkpoint reloads without pickling modules."""
     model = NanoB(cfg)
     if spec is None:
-        spec = {k.removesuffix(".weight"): list(v.shape) for k, v in state.items() if k.endswith(".weight")}
+        spec = weight_shapes(state)
     apply_channel_spec(model, spec)
     try:
         model.load_state_dict(dict(state), strict=True)

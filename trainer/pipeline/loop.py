@@ -69,15 +69,25 @@ class FeatureTaps:
         self.teacher.close()
 
 
-def kd_step(teacher: nn.Module | None, losses: Losses, features: FeatureTaps | None = None) -> StepFn:
+def kd_step(
+    teacher: nn.Module | None,
+    losses: Losses,
+    features: FeatureTaps | None = None,
+    freeze_bn: bool = False,
+) -> StepFn:
     """The Nano-B step for :func:`trainer.engine.loop.optimizer_step`: ``(1 - alpha) * MultiBox +
     alpha * KD`` (the task loss alone without a teacher), plus ``feature_weight`` x feature KD when
-    ``features`` are attached; the KD terms and weights ride along as logs."""
+    ``features`` are attached; the KD terms and weights ride along as logs. ``freeze_bn``: every
+    BatchNorm normalises with its running statistics and leaves them as they are."""
 
     def step(
         student: nn.Module, images: torch.Tensor, targets: Sequence[torch.Tensor]
     ) -> dict[str, torch.Tensor | float]:
         student.train()
+        if freeze_bn:
+            for m in student.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         out = student(images)
         parts = losses.task_for(images)(out, targets)
         logs: dict[str, float] = {}

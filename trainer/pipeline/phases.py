@@ -26,6 +26,7 @@ import torch
 from trainer.data.dataset import endless_batches
 from trainer.engine.ddp import barrier
 from trainer.export.from_onnx import restandardise, student_from_onnx
+from trainer.loss.distill import KD_TERMS
 from trainer.models.files import load_kd_state, load_student, save_student
 from trainer.models.init_from_teacher import init_backbone_imagenet, init_from_teacher
 from trainer.models.nano_b import NanoB
@@ -119,7 +120,35 @@ def start_student(ctx: PhaseContext) -> Path:
         log.info("start: %s rebuilt; %d folded BNs given training batches' statistics", source, n)
     else:
         student, spec = load_student(source)
-    return _finish(ctx, final, student, spec, {}, start_from=str(source))
+    kd_state = load_kd_state(source) if source.suffix.lower() != ".onnx" else None
+    if not kd_state and ctx.teacher is not None and ctx.recipe.distill.learn_weights:
+        kd_state = _settled_kd_state(ctx, student)
+    return _finish(ctx, final, student, spec, kd_state or {}, start_from=str(source))
+
+
+@torch.no_grad()
+def _settled_kd_state(ctx: PhaseContext, student: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The KD weights at their equilibrium for ``student``'s mean KD terms on training batches
+    (:meth:`~trainer.loss.distill.DistillLoss.settle`), since an imported file carries none."""
+    assert ctx.teacher is not None
+    steps = max(ctx.recipe.run.bn_recalibration, 1)
+    losses = make_losses(ctx.recipe, ctx.recipe.data.img_dim, ctx.device)
+    sums = dict.fromkeys(KD_TERMS, 0.0)
+    student.eval()
+    with _training_batches(ctx, steps) as batches:
+        for _ in range(steps):
+            images = next(batches)[0].to(ctx.device)
+            weight = losses.kd_anchor_weight.get(images.shape[-1])
+            terms = losses.kd.kd_terms(student(images), ctx.teacher(images), weight)
+            for name in KD_TERMS:
+                sums[name] += float(terms[name]) / steps
+    losses.kd.settle(sums)
+    log.info(
+        "start: KD weights settled on %d batches: %s",
+        steps,
+        ", ".join(f"{k} {v:.3f}" for k, v in losses.kd.weights().items()),
+    )
+    return {k: v.cpu() for k, v in losses.kd.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------------------------- 1
@@ -302,6 +331,7 @@ def phase3_finetune(ctx: PhaseContext, phase2: Path) -> Path:
         kd_state=load_kd_state(phase2),
         cycles=recipe.phase3.cycles,
         restart_scale=recipe.phase3.restart_scale,
+        freeze_bn=recipe.phase3.freeze_bn,
     )
     record: dict[str, Any] = {}
     if recipe.calibrate.images:

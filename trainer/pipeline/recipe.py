@@ -85,6 +85,10 @@ class PhaseConfig:
     # phase 3 can go on from a finished shorter one.
     cycles: int = 1
     restart_scale: float = 0.5
+    # BatchNorm in eval mode while training (its affine part still learns): a network fine-tuned from
+    # a finished file keeps the statistics its function was made with instead of drifting to those of
+    # small mixed-size batches.
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.cycles < 1 or 0 < self.steps < self.cycles:

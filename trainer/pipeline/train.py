@@ -70,12 +70,14 @@ def train_steps(
     kd_state: Mapping[str, torch.Tensor] | None = None,
     cycles: int = 1,
     restart_scale: float = 0.5,
+    freeze_bn: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Train ``student`` in place for ``steps`` optimiser steps.
 
     ``kd_state`` starts the KD loss's learnable weights where the previous phase left them (instead of
     all 1, which would jolt the balance the student had settled into); returns their final state.
     ``cycles`` / ``restart_scale``: warm restarts of the schedule (:func:`build_scheduler`).
+    ``freeze_bn``: BatchNorm layers normalise with their running statistics and keep them.
     """
     recipe, info = ctx.recipe, ctx.info
     run = recipe.run
@@ -153,7 +155,7 @@ def train_steps(
         train_loop(
             model,
             stream,
-            kd_step(ctx.teacher, losses, features),
+            kd_step(ctx.teacher, losses, features, freeze_bn),
             optimizer,
             scheduler,
             scaler,
