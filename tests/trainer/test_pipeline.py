@@ -249,6 +249,11 @@ def test_whole_pipeline_tiny(tmp_path: Path) -> None:
     )
     assert tuned["files"]["phase1"] is None and not (tmp_path / "tuned" / "phase1").exists()
     assert tuned["start"]["val_loss"] == pytest.approx(summary["phase3"]["val_loss"], rel=1e-3)
+    # The file carries no KD state: the start's KD weights are settled at 1/L, not left at 1.
+    from trainer.models.files import load_kd_state
+
+    settled = load_kd_state(tmp_path / "tuned" / "start" / "student.pt")
+    assert settled is not None and float(settled["raw_log_var"].abs().max()) > 1e-3
     provenance = read_model(Path(tuned["files"]["onnx"])).meta.provenance
     assert provenance["phases"] == ["finetune", "teacher-calibration"]
     assert provenance["start_from"]["file"] == onnx_path.name
