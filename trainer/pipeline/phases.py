@@ -111,37 +111,41 @@ def start_student(ctx: PhaseContext) -> Path:
     if final.is_file():
         return final
     source = Path(ctx.recipe.run.start_from)
+    imported = None
     if source.suffix.lower() == ".onnx":
         imported = student_from_onnx(source, ctx.recipe.model)
-        student, spec = imported.model.to(ctx.device), imported.spec
-        steps = max(ctx.recipe.run.bn_recalibration, 1)
-        with _training_batches(ctx, steps) as batches:
-            n = restandardise(student, (next(batches)[0].to(ctx.device) for _ in range(steps)))
-        log.info("start: %s rebuilt; %d folded BNs given training batches' statistics", source, n)
+        student, spec, kd_state = imported.model.to(ctx.device), imported.spec, None
     else:
         student, spec = load_student(source)
-    kd_state = load_kd_state(source) if source.suffix.lower() != ".onnx" else None
-    if not kd_state and ctx.teacher is not None and ctx.recipe.distill.learn_weights:
-        kd_state = _settled_kd_state(ctx, student)
+        kd_state = load_kd_state(source)
+    settle = not kd_state and ctx.teacher is not None and ctx.recipe.distill.learn_weights
+    steps = max(ctx.recipe.run.bn_recalibration, 1)
+    # One stream of training batches for both statistics: the BNs' first, then the KD terms'.
+    with _training_batches(ctx, steps * 2) as batches:
+        if imported is not None:
+            n = restandardise(student, (next(batches)[0].to(ctx.device) for _ in range(steps)))
+            log.info("start: %s rebuilt; %d folded BNs given training batches' statistics", source, n)
+        if settle:
+            kd_state = _settled_kd_state(ctx, student, batches, steps)
     return _finish(ctx, final, student, spec, kd_state or {}, start_from=str(source))
 
 
 @torch.no_grad()
-def _settled_kd_state(ctx: PhaseContext, student: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The KD weights at their equilibrium for ``student``'s mean KD terms on training batches
-    (:meth:`~trainer.loss.distill.DistillLoss.settle`), since an imported file carries none."""
+def _settled_kd_state(
+    ctx: PhaseContext, student: torch.nn.Module, batches: Iterator[Any], steps: int
+) -> dict[str, torch.Tensor]:
+    """The KD weights at their equilibrium for ``student``'s mean KD terms on ``steps`` training
+    batches (:meth:`~trainer.loss.distill.DistillLoss.settle`), since an imported file carries none."""
     assert ctx.teacher is not None
-    steps = max(ctx.recipe.run.bn_recalibration, 1)
     losses = make_losses(ctx.recipe, ctx.recipe.data.img_dim, ctx.device)
     sums = dict.fromkeys(KD_TERMS, 0.0)
     student.eval()
-    with _training_batches(ctx, steps) as batches:
-        for _ in range(steps):
-            images = next(batches)[0].to(ctx.device)
-            weight = losses.kd_anchor_weight.get(images.shape[-1])
-            terms = losses.kd.kd_terms(student(images), ctx.teacher(images), weight)
-            for name in KD_TERMS:
-                sums[name] += float(terms[name]) / steps
+    for _ in range(steps):
+        images = next(batches)[0].to(ctx.device)
+        weight = losses.kd_anchor_weight.get(images.shape[-1])
+        terms = losses.kd.kd_terms(student(images), ctx.teacher(images), weight)
+        for name in KD_TERMS:
+            sums[name] += float(terms[name]) / steps
     losses.kd.settle(sums)
     log.info(
         "start: KD weights settled on %d batches: %s",
